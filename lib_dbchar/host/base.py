@@ -1,0 +1,105 @@
+"""The interface every host implements.
+
+Core code never sees a host: it receives plain values (paths, a device string) and the
+``progress`` / ``should_stop`` callbacks of a :class:`~lib_dbchar.jobs.JobContext`. The UI layer
+asks the host for those, so the same tabs work inside the webui and standalone.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lib_dbchar.jobs import JobContext, ProgressFn
+from lib_dbchar.settings import Settings
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint the host knows: the title its dropdown shows and the file behind it."""
+
+    title: str
+    path: Path
+
+
+class Host(abc.ABC):
+    """What dbchar needs from the program it runs in."""
+
+    #: "webui" or "standalone"; shown in the UI and the doctor report.
+    name: str = "host"
+
+    # -- checkpoints -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def list_checkpoints(self) -> list[CheckpointRef]:
+        """The checkpoints the user can pick as a source (sorted by title)."""
+
+    @abc.abstractmethod
+    def checkpoint_dir(self) -> Path:
+        """Where new checkpoints go so that the host lists them."""
+
+    @abc.abstractmethod
+    def refresh_checkpoints(self) -> None:
+        """Rescan after we wrote a checkpoint, so it appears in the host's dropdowns."""
+
+    def find_checkpoint(self, title_or_path: str) -> CheckpointRef | None:
+        """Resolve a dropdown title (with or without ``[hash]``), a file name or a path."""
+        wanted = str(title_or_path).strip()
+        for ref in self.list_checkpoints():
+            if wanted in (ref.title, str(ref.path), ref.path.name, ref.path.stem):
+                return ref
+            if ref.title.split(" [")[0] == wanted.split(" [")[0]:
+                return ref
+        path = Path(wanted).expanduser()
+        return CheckpointRef(path.name, path) if path.is_file() else None
+
+    # -- compute -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def device(self) -> str:
+        """The torch device string to train on: "cuda", "cuda:1", "mps" or "cpu"."""
+
+    @abc.abstractmethod
+    def dtype(self) -> str:
+        """The host's preferred inference dtype: "float16", "bfloat16" or "float32"."""
+
+    @contextlib.contextmanager
+    def vram_freed(self) -> Iterator[None]:
+        """Move the host's own model off the GPU for the duration, and put it back after.
+
+        The default (standalone) has no model of its own, so there is nothing to move.
+        """
+        yield
+
+    # -- jobs --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def wrap_gpu_call(self, fn: Callable[..., Any], extra_outputs: list[Any] | None = None) -> Callable[..., Any]:
+        """Wrap a UI handler so it runs holding the host's GPU lock (one GPU job at a time)."""
+
+    @abc.abstractmethod
+    def job(self, title: str, ui_progress: ProgressFn | None = None) -> contextlib.AbstractContextManager[JobContext]:
+        """Context for one long job: the callbacks to hand to the core.
+
+        Args:
+            title: shown to the user while the job runs.
+            ui_progress: the UI's own progress sink (Gradio's bar standalone); a host that has a
+                progress bar of its own (the webui) may ignore it.
+        """
+
+    @abc.abstractmethod
+    def interrupt(self) -> None:
+        """Ask the running job to stop (what the host's Interrupt/Stop button does)."""
+
+    # -- settings ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def settings(self) -> Settings:
+        """The extension settings as the user last saved them."""
+
+    @abc.abstractmethod
+    def default_projects_dir(self) -> Path:
+        """Where projects live when the setting is empty."""
+
+    def projects_dir(self) -> Path:
+        return self.settings().resolved_projects_dir(self.default_projects_dir())

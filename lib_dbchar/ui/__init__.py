@@ -1,0 +1,1 @@
+"""The Gradio tabs (imports gradio; the core never imports this package)."""

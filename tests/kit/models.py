@@ -1,0 +1,1 @@
+"""Fixtures for models (filled in by its issue)."""

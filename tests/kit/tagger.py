@@ -1,0 +1,1 @@
+"""Fixtures for tagger (filled in by its issue)."""

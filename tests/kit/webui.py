@@ -1,0 +1,1 @@
+"""Fixtures for webui (filled in by its issue)."""

@@ -1,0 +1,1 @@
+"""WD14 tagger doubles: tiny ONNX models with the real signatures (built by build.py)."""

@@ -76,7 +76,15 @@ class Host(abc.ABC):
     # -- jobs --------------------------------------------------------------------------------
     @abc.abstractmethod
     def wrap_gpu_call(self, fn: Callable[..., Any], extra_outputs: list[Any] | None = None) -> Callable[..., Any]:
-        """Wrap a UI handler so it runs holding the host's GPU lock (one GPU job at a time)."""
+        """Wrap a UI handler so it runs holding the host's GPU lock (one GPU job at a time).
+
+        Hosts differ in what the wrapper does with the result, so handlers follow the stricter rule:
+        return a list/tuple of outputs whose last item is a message string (the webui appends its
+        timing HTML to it), and let errors propagate. Standalone, errors raise to the caller; in the
+        webui its wrapper turns any exception into ``extra_outputs + [error HTML]``. Generator handlers
+        are not supported (the webui would release its lock before the body runs), and wrapped calls
+        must not nest: the webui's queue lock is not re-entrant.
+        """
 
     @abc.abstractmethod
     def job(self, title: str, ui_progress: ProgressFn | None = None) -> contextlib.AbstractContextManager[JobContext]:

@@ -8,6 +8,7 @@ options.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -52,9 +53,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_doctor(args)
 
 
-# name -> (handler, one-line help, extra-arguments adder or None). Later issues add
-# prep, tag, train, merge here.
+# name -> (handler, one-line help, extra-arguments adder or None), for the commands defined here.
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[argparse.ArgumentParser], None] | None]] = {}
+
+# name -> module for the commands that live beside their feature. Each such module defines
+# HELP (one line), add_arguments(parser) and run(args) -> exit code; it is imported only when the
+# parser is built, and must itself import heavy packages (torch, onnxruntime) inside run().
+COMMAND_MODULES: dict[str, str] = {}
 
 
 def _ui_args(p: argparse.ArgumentParser) -> None:
@@ -66,6 +71,14 @@ def _ui_args(p: argparse.ArgumentParser) -> None:
 COMMANDS["ui"] = (cmd_ui, "start the dbchar tabs standalone in your browser", _ui_args)
 COMMANDS["doctor"] = (cmd_doctor, "check packages, device and folders", None)
 COMMANDS["demo"] = (cmd_demo, "run the whole chain on a built-in example", None)
+
+
+def _all_commands() -> dict[str, tuple]:
+    commands = dict(COMMANDS)
+    for name, module_name in COMMAND_MODULES.items():
+        module = importlib.import_module(module_name)
+        commands[name] = (module.run, module.HELP, module.add_arguments)
+    return commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--tagger-cache", default=None, help="tagger model cache (default: Hugging Face's)")
     common.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
-    for name, (handler, help_text, add_args) in COMMANDS.items():
+    for name, (handler, help_text, add_args) in _all_commands().items():
         p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
         if add_args is not None:
             add_args(p)

@@ -1,0 +1,29 @@
+"""What every tab receives: the host and the components shared between tabs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from lib_dbchar.host.base import Host
+
+
+@dataclass
+class UiContext:
+    """The host plus the page-wide components a tab may read or update.
+
+    Attributes:
+        host: the program we run in (webui or standalone).
+        project: the project picker's dropdown; its value is the current project's name.
+        task_id: a hidden textbox that carries the webui's task id as the first input of every
+            job (see :mod:`lib_dbchar.ui.jobs`); unused standalone.
+    """
+
+    host: Host
+    project: Any
+    task_id: Any
+
+    @property
+    def in_webui(self) -> bool:
+        """True inside AUTOMATIC1111/Forge, whose own progress bar and Interrupt button we use."""
+        return self.host.name == "webui"

@@ -60,6 +60,8 @@ def prep_variant(sources: list[Path], out: Path, crop: str, workers: int) -> int
 def child(variant: str, corpus: Path, count: int, out: Path, workers: int) -> None:
     """Run one variant and print its numbers as JSON (called in a fresh process)."""
     sources = sorted(corpus.glob("bench_*"))[:count]
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = before.ru_utime + before.ru_stime
     started = time.perf_counter()
     if variant == "reference":
         done = reference_loop(sources, out)
@@ -70,8 +72,16 @@ def child(variant: str, corpus: Path, count: int, out: Path, workers: int) -> No
     else:
         done = prep_variant(sources, out, "focal", workers)
     seconds = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"variant": variant, "images": done, "seconds": seconds, "peak_mb": peak_mb}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime - cpu_before
+    report = {
+        "variant": variant,
+        "images": done,
+        "seconds": seconds,
+        "cpu": cpu,
+        "peak_mb": usage.ru_maxrss / 1024,
+    }
+    print(json.dumps(report))
 
 
 def mean_abs_difference(a_dir: Path, b_dir: Path) -> float:
@@ -113,7 +123,8 @@ def main() -> None:
         f"corpus: {len(paths)} pictures, {min(megapixels):.1f}-{max(megapixels):.1f} MP "
         f"(mean {sum(megapixels) / len(megapixels):.1f}), "
         f"{sum(p.suffix == '.jpg' for p in paths)} JPEG / {sum(p.suffix == '.png' for p in paths)} PNG "
-        f"({time.perf_counter() - started:.0f} s to make or find); {os.cpu_count()} cores, workers {args.workers}"
+        f"({time.perf_counter() - started:.0f} s to make or find); {os.cpu_count()} cores, "
+        f"workers {args.workers}"
     )
     rows, outs = [], {}
     work = Path(tempfile.mkdtemp(prefix="dbchar-bench-out-"))
@@ -142,15 +153,27 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     base = rows[0]["images"] / rows[0]["seconds"]
+    base_cpu = rows[0]["cpu"] / rows[0]["images"]
     print()
-    print("| variant | images | seconds | images/s | vs reference | peak RSS (MB) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    header = ["variant", "images", "wall s", "images/s", "vs reference", "CPU s/image", "CPU vs reference"]
+    print("| " + " | ".join([*header, "peak RSS MB"]) + " |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        rate = r["images"] / r["seconds"]
-        print(
-            f"| {r['variant']} | {r['images']} | {r['seconds']:.1f} | {rate:.2f} | {rate / base:.2f}x | {r['peak_mb']:.0f} |"
-        )
+        rate, cpu = r["images"] / r["seconds"], r["cpu"] / r["images"]
+        cells = [
+            r["variant"],
+            r["images"],
+            f"{r['seconds']:.1f}",
+            f"{rate:.2f}",
+            f"{rate / base:.2f}x",
+            f"{cpu:.3f}",
+            f"{base_cpu / cpu:.2f}x",
+            f"{r['peak_mb']:.0f}",
+        ]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
     print()
+    load = os.getloadavg()
+    print(f"load average during the run (1/5/15 min): {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}")
     print(f"prep-center vs reference outputs: mean absolute difference {quality:.2f} levels of 255")
 
 

@@ -59,7 +59,9 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[ar
 # name -> module for the commands that live beside their feature. Each such module defines
 # HELP (one line), add_arguments(parser) and run(args) -> exit code; it is imported only when the
 # parser is built, and must itself import heavy packages (torch, onnxruntime) inside run().
-COMMAND_MODULES: dict[str, str] = {}
+COMMAND_MODULES: dict[str, str] = {
+    "prep": "lib_dbchar.dataset.cli",
+}
 
 
 def _ui_args(p: argparse.ArgumentParser) -> None:

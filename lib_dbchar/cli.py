@@ -60,6 +60,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[ar
 # HELP (one line), add_arguments(parser) and run(args) -> exit code; it is imported only when the
 # parser is built, and must itself import heavy packages (torch, onnxruntime) inside run().
 COMMAND_MODULES: dict[str, str] = {
+    "tag": "lib_dbchar.tagger.cli",
     "prep": "lib_dbchar.dataset.cli",
 }
 

@@ -260,6 +260,78 @@ def write_variant(variant: Variant, out_dir: Path) -> list[Path]:
     return paths
 
 
+# --------------------------------------------------------------------------------------------------
+# The bench double: the small double's 21 tags plus generated filler, 10,861 outputs like the real v3
+# models (4 ratings, 8,106 general, 2,751 characters). Only its model.onnx is committed (bench10k/,
+# ~175 KB); its selected_tags.csv is rebuilt by bench_csv_text() because names, ids and categories
+# depend on the row index alone. Filler tags are mostly improbable; about 0.5 % of the general ones
+# sit near the 0.35 threshold and cross it depending on the colour, so a picture gets a few dozen
+# tags (about 30 for mid-tone colours) and postprocessing sees real-sized outputs.
+
+BENCH = Variant("bench10k", "input", "output", batch=None)
+BENCH_GENERAL = 8_106
+BENCH_CHARACTERS = 2_751
+BENCH_SEED = 20240228
+
+
+def bench_tags(seed: int = BENCH_SEED) -> tuple[TagSpec, ...]:
+    """The bench double's rows: ratings, general tags, characters (the small double's first in each group).
+
+    Args:
+        seed: seeds the filler weights (names, ids, categories and counts do not depend on it).
+
+    Returns:
+        10,861 TagSpecs in output order.
+    """
+    rng = np.random.default_rng(seed)
+    ratings = [t for t in TAGS if t.category == RATING]
+    general = [t for t in TAGS if t.category == GENERAL]
+    characters = [t for t in TAGS if t.category == CHARACTER]
+
+    def filler(kind: str, category: int, count: int, near: float, low: float) -> list[TagSpec]:
+        out = []
+        for i in range(count):
+            weights = tuple(float(w) for w in rng.normal(0.0, 2.0, 3))
+            p = rng.uniform(0.2, 0.6) if rng.uniform() < near else 10 ** rng.uniform(-5.0, low)
+            tag_id = 10_000_000 + category * 100_000 + i
+            out.append(
+                TagSpec(
+                    f"bench_{kind}_{i:05d}",
+                    category,
+                    tag_id,
+                    1_000_000 - i,
+                    weights,
+                    _logit(float(p)) - sum(weights) / 2.0,
+                )
+            )
+        return out
+
+    return (
+        *ratings,
+        *general,
+        *filler("general", GENERAL, BENCH_GENERAL - len(general), near=0.005, low=-1.5),
+        *characters,
+        *filler("character", CHARACTER, BENCH_CHARACTERS - len(characters), near=0.0, low=-2.0),
+    )
+
+
+def bench_csv_text() -> str:
+    """The bench double's ``selected_tags.csv`` (names, ids and categories follow the row index)."""
+    return csv_text(BENCH, bench_tags())
+
+
+def write_bench(out_dir: Path = HERE, *, with_csv: bool = False) -> list[Path]:
+    """Write ``bench10k/model.onnx`` (and, when asked, its CSV; the committed folder has none)."""
+    folder = out_dir / BENCH.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / "model.onnx"]
+    paths[0].write_bytes(build_model(BENCH, bench_tags()).SerializeToString())
+    if with_csv:
+        paths.append(folder / "selected_tags.csv")
+        paths[1].write_text(bench_csv_text(), encoding="utf-8", newline="")
+    return paths
+
+
 def palette_table(threshold: float = 0.35, character_threshold: float = 0.85) -> str:
     """A Markdown table of which tags each palette colour yields at the given thresholds (for README.md)."""
     w, b = weight_arrays()
@@ -281,10 +353,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE, help="folder that receives v3/ and v2/")
     parser.add_argument("--table", action="store_true", help="also print the colour -> tags table")
+    parser.add_argument("--bench", action="store_true", help="build only the 10,861-tag bench double")
     args = parser.parse_args(argv)
-    for variant in VARIANTS:
-        for path in write_variant(variant, args.out):
-            print(f"{path} ({path.stat().st_size} bytes)")
+    if args.bench:
+        written = write_bench(args.out)
+    else:
+        written = [path for variant in VARIANTS for path in write_variant(variant, args.out)]
+    for path in written:
+        print(f"{path} ({path.stat().st_size} bytes)")
     if args.table:
         print(palette_table())
 

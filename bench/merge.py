@@ -20,10 +20,12 @@ posix_fadvise). The outputs of ``naive`` and ``dbchar`` are compared tensor for 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -35,24 +37,49 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results" / "merge.md"
 # The schedule buffers every ldm SD1 checkpoint carries beside the weights (float32, 1000 steps).
 SCHEDULE_BUFFERS = (
-    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
-    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
-    "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+    "betas",
+    "alphas_cumprod",
+    "alphas_cumprod_prev",
+    "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod",
+    "sqrt_recip_alphas_cumprod",
+    "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance",
+    "posterior_log_variance_clipped",
+    "posterior_mean_coef1",
+    "posterior_mean_coef2",
 )
 SD15_UNET = {
-    "sample_size": 64, "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
-    "block_out_channels": (320, 640, 1280, 1280), "cross_attention_dim": 768, "attention_head_dim": 8,
+    "sample_size": 64,
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 2,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
     "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
     "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
 }
 SD15_VAE = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "sample_size": 512,
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "sample_size": 512,
     "block_out_channels": (128, 256, 512, 512),
-    "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
 }
 SD15_TEXT = {
-    "vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-    "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu", "projection_dim": 768,
+    "vocab_size": 49408,
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 768,
 }
 
 
@@ -143,18 +170,42 @@ def child(args: argparse.Namespace) -> None:
         for name in files:
             _evict(name)
     out = str(args.dir / f"out-{args.child}.safetensors")
-    baseline = _maxrss_bytes()
+    baseline = _status("VmRSS") or _maxrss_bytes()
+    with contextlib.suppress(OSError):
+        _reset_peak()
+    cpu = os.times()
     started = time.perf_counter()
     if args.child == "naive":
         naive_merge(*files, out, 1.0)
     else:
         dbchar_merge(*files, out, 1.0, hashed=args.child == "dbchar+hash")
     seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "peak": _maxrss_bytes(), "baseline": baseline}))
+    now = os.times()
+    cpu_seconds = now.user - cpu.user + now.system - cpu.system  # all threads of the job
+    print(json.dumps({"seconds": seconds, "cpu": cpu_seconds, "peak": _maxrss_bytes(), "baseline": baseline}))
+
+
+def _status(field: str) -> int | None:
+    """A memory line of /proc/self/status in bytes (Linux), or None."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> None:
+    # Linux: writing 5 to clear_refs resets VmHWM (the peak) to the current RSS.
+    Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
 
 
 def _maxrss_bytes() -> int:
-    # Linux reports KiB, macOS bytes.
+    # VmHWM, not ru_maxrss: after fork+exec ru_maxrss still carries the parent's peak.
+    peak = _status("VmHWM")
+    if peak is not None:
+        return peak
     scale = 1 if sys.platform == "darwin" else 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
@@ -168,7 +219,9 @@ def _evict(name: str) -> None:
 
 
 def run_child(method: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--child", method, "--dir", str(args.dir)] + (["--cold"] if args.cold else [])
+    cmd = [sys.executable, __file__, "--child", method, "--dir", str(args.dir)] + (
+        ["--cold"] if args.cold else []
+    )
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -188,7 +241,9 @@ def same_tensors(x: Path, y: Path) -> tuple[bool, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, default=Path("/tmp/dbchar-bench-merge"))
-    parser.add_argument("--cold", action="store_true", help="evict the inputs from the page cache before each run")
+    parser.add_argument(
+        "--cold", action="store_true", help="evict the inputs from the page cache before each run"
+    )
     parser.add_argument("--repeat", type=int, default=1, help="runs per method (the best is shown)")
     parser.add_argument("--write-results", action="store_true", help=f"write {RESULTS.relative_to(ROOT)}")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -204,20 +259,34 @@ def main() -> None:
             print(f"generating {path} ...", file=sys.stderr)
             generate(path, shapes, seed)
     size = (args.dir / "a.safetensors").stat().st_size
-    rows = {}
-    for method in ("naive", "dbchar", "dbchar+hash"):
-        runs = [run_child(method, args) for _ in range(args.repeat)]
-        rows[method] = min(runs, key=lambda r: r["seconds"])
-        print(f"{method}: {rows[method]}", file=sys.stderr)
+    methods = ("naive", "dbchar", "dbchar+hash")
+    runs: dict[str, list[dict]] = {m: [] for m in methods}
+    # Interleaved, so a burst of load from other jobs hits every method alike.
+    for _ in range(args.repeat):
+        for method in methods:
+            runs[method].append(run_child(method, args))
+            print(f"{method}: {runs[method][-1]}", file=sys.stderr)
+    rows = {m: _summary(r) for m, r in runs.items()}
     equal, count = same_tensors(args.dir / "out-naive.safetensors", args.dir / "out-dbchar.safetensors")
-    table = _table(rows, size, len(shapes), equal, count, args)
+    table = _table(rows, size, len(shapes), equal=equal, count=count, args=args)
     print(table)
     if args.write_results:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(table + "\n", encoding="utf-8")
 
 
-def _table(rows: dict, size: int, keys: int, equal: bool, count: int, args: argparse.Namespace) -> str:
+def _summary(runs: list[dict]) -> dict:
+    return {
+        "seconds": statistics.median(r["seconds"] for r in runs),
+        "best": min(r["seconds"] for r in runs),
+        "cpu": statistics.median(r["cpu"] for r in runs),
+        "peak": max(r["peak"] for r in runs),
+        "baseline": min(r["baseline"] for r in runs),
+        "runs": len(runs),
+    }
+
+
+def _table(rows: dict, size: int, keys: int, *, equal: bool, count: int, args: argparse.Namespace) -> str:
     gib = 2**30
     naive = rows["naive"]
     lines = [
@@ -228,17 +297,23 @@ def _table(rows: dict, size: int, keys: int, equal: bool, count: int, args: argp
         f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, torch "
         f"{__import__('torch').__version__}; other jobs were running on the machine.",
         "",
-        "| method | wall time (s) | x naive | peak RSS (GiB) | x naive | RSS before the job (GiB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"Wall and CPU time: median of {naive['runs']} interleaved runs (best wall time in brackets).",
+        "",
+        "| method | wall time (s) | x naive | CPU time (s) | x naive | peak RSS (GiB) | x naive "
+        "| RSS before (GiB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for method, row in rows.items():
         lines.append(
-            f"| {method} | {row['seconds']:.2f} | {row['seconds'] / naive['seconds']:.2f} | "
+            f"| {method} | {row['seconds']:.2f} ({row['best']:.2f}) | "
+            f"{row['seconds'] / naive['seconds']:.2f} | "
+            f"{row['cpu']:.2f} | {row['cpu'] / naive['cpu']:.2f} | "
             f"{row['peak'] / gib:.2f} | {row['peak'] / naive['peak']:.2f} | {row['baseline'] / gib:.2f} |"
         )
     lines += [
         "",
-        f"Outputs of naive and dbchar identical tensor for tensor: **{'yes' if equal else 'NO'}** ({count} tensors).",
+        f"Outputs of naive and dbchar identical tensor for tensor: **{'yes' if equal else 'NO'}** "
+        f"({count} tensors).",
         "",
         f"Command: `python bench/merge.py{' --cold' if args.cold else ''}"
         f"{f' --repeat {args.repeat}' if args.repeat != 1 else ''} --write-results`",

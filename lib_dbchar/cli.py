@@ -62,6 +62,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[ar
 COMMAND_MODULES: dict[str, str] = {
     "tag": "lib_dbchar.tagger.cli",
     "prep": "lib_dbchar.dataset.cli",
+    "merge": "lib_dbchar.merge.cli",
 }
 
 

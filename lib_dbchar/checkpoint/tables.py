@@ -246,6 +246,13 @@ def _rename(local: str, renames: Sequence[tuple[str, str]], src: int, dst: int) 
 Namer = Callable[[str], str]  # module-local name -> full key, for error messages
 
 
+def rename_local(inner: Inner, local: str, *, to: str) -> str:
+    """A module-local tensor name in the other layout, e.g. a resnet's ldm ``in_layers.2.weight``
+    -> diffusers ``conv1.weight`` (``to=DIFFUSERS``). Fused and reshaped tensors are not handled.
+    """
+    return _rename(local, inner.renames, 1, 0) if to == DIFFUSERS else _rename(local, inner.renames, 0, 1)
+
+
 def _part_to_ldm(inner: Inner, tensors: Mapping[str, Any], full_name: Namer) -> dict[str, Any]:
     import torch
 

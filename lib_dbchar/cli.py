@@ -63,6 +63,7 @@ COMMAND_MODULES: dict[str, str] = {
     "tag": "lib_dbchar.tagger.cli",
     "prep": "lib_dbchar.dataset.cli",
     "merge": "lib_dbchar.merge.cli",
+    "train": "lib_dbchar.train.cli",
 }
 
 

@@ -1,6 +1,6 @@
 """Generating images with the model being trained: class images before training, previews during it.
 
-A thin layer over diffusers' ``StableDiffusionPipeline`` built from modules already in memory (no
+A thin layer over diffusers' ``StableDiffusionPipeline`` built from components already in memory (no
 second copy of the weights). Prompts are encoded by :mod:`~lib_dbchar.train.text` (75-token chunks,
 clip skip, the webui's emphasis syntax), and every image has its own seeded CPU generator, so an
 image depends on its seed only -- not on the batch size, the device or what was generated before.

@@ -14,8 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lib_dbchar.errors import DbcharError
 from lib_dbchar.jobs import JobContext, ProgressFn
 from lib_dbchar.settings import Settings
+
+#: The upscaler every host has: Pillow's Lanczos resampling.
+LANCZOS = "Lanczos"
+
+
+def lanczos_resize(image: Any, scale: float) -> Any:
+    """``image`` (a PIL image) resized uniformly by ``scale`` with Lanczos; sides rounded, at least 1 px."""
+    from PIL import Image  # Pillow only when a picture is actually enlarged
+
+    if not scale > 0:
+        raise ValueError(f"upscale factor {scale!r} must be above 0")
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 @dataclass(frozen=True)
@@ -73,9 +87,40 @@ class Host(abc.ABC):
         """
         yield
 
+    # -- upscalers ---------------------------------------------------------------------------
+    def upscalers(self) -> list[str]:
+        """Names of the upscalers this host offers for enlarging small pictures, the default first.
+
+        The base host offers Lanczos only (a plain uniform resampling); the webui adds its own
+        (ESRGAN, SwinIR, ...).
+        """
+        return [LANCZOS]
+
+    def upscale(self, image: Any, name: str, scale: float) -> Any:
+        """Enlarge ``image`` by ``scale`` with the upscaler called ``name``.
+
+        Args:
+            image: a PIL image (RGB).
+            name: one of :meth:`upscalers`.
+            scale: the enlargement factor (> 0); both sides are multiplied by it.
+
+        Returns:
+            The enlarged PIL image. Its size is about ``scale`` times the input's: a host's own
+            upscaler may round it (the webui's to multiples of 8), so callers needing an exact size
+            resize the result themselves.
+
+        Raises:
+            DbcharError: ``name`` is not one of :meth:`upscalers`.
+        """
+        if name != LANCZOS:
+            raise DbcharError(f"The upscaler {name!r} is not available here; use {LANCZOS}.")
+        return lanczos_resize(image, scale)
+
     # -- jobs --------------------------------------------------------------------------------
     @abc.abstractmethod
-    def wrap_gpu_call(self, fn: Callable[..., Any], extra_outputs: list[Any] | None = None) -> Callable[..., Any]:
+    def wrap_gpu_call(
+        self, fn: Callable[..., Any], extra_outputs: list[Any] | None = None
+    ) -> Callable[..., Any]:
         """Wrap a UI handler so it runs holding the host's GPU lock (one GPU job at a time).
 
         Hosts differ in what the wrapper does with the result, so handlers follow the stricter rule:
@@ -87,7 +132,9 @@ class Host(abc.ABC):
         """
 
     @abc.abstractmethod
-    def job(self, title: str, ui_progress: ProgressFn | None = None) -> contextlib.AbstractContextManager[JobContext]:
+    def job(
+        self, title: str, ui_progress: ProgressFn | None = None
+    ) -> contextlib.AbstractContextManager[JobContext]:
         """Context for one long job: the callbacks to hand to the core.
 
         Args:

@@ -29,7 +29,11 @@ def best_device() -> str:
 
 
 class StandaloneHost(Host):
-    """Checkpoints are the files under ``models_dir``; new ones are written there too."""
+    """Checkpoints are the files under ``models_dir``; new ones are written there too.
+
+    Upscalers: Lanczos only, the base host's :meth:`~lib_dbchar.host.base.Host.upscalers` (no
+    model-based upscalers without the webui).
+    """
 
     name = "standalone"
 
@@ -53,7 +57,9 @@ class StandaloneHost(Host):
     def list_checkpoints(self) -> list[CheckpointRef]:
         if not self.models_dir.is_dir():
             return []
-        files = [p for p in self.models_dir.rglob("*") if p.suffix.lower() in CHECKPOINT_SUFFIXES and p.is_file()]
+        files = [
+            p for p in self.models_dir.rglob("*") if p.suffix.lower() in CHECKPOINT_SUFFIXES and p.is_file()
+        ]
         refs = [CheckpointRef(str(p.relative_to(self.models_dir)), p) for p in files]
         return sorted(refs, key=lambda r: r.title.lower())
 
@@ -71,7 +77,9 @@ class StandaloneHost(Host):
     def dtype(self) -> str:
         return "float32" if self.device() == "cpu" else "float16"
 
-    def wrap_gpu_call(self, fn: Callable[..., Any], extra_outputs: list[Any] | None = None) -> Callable[..., Any]:
+    def wrap_gpu_call(
+        self, fn: Callable[..., Any], extra_outputs: list[Any] | None = None
+    ) -> Callable[..., Any]:
         @functools.wraps(fn)
         def locked(*args: Any, **kwargs: Any) -> Any:
             with self._lock:

@@ -32,7 +32,7 @@ from typing import Any
 
 from lib_dbchar.config import from_dict, specs
 from lib_dbchar.errors import DbcharError
-from lib_dbchar.host.base import CheckpointRef, Host
+from lib_dbchar.host.base import LANCZOS, CheckpointRef, Host, lanczos_resize
 from lib_dbchar.jobs import JobContext, Progress, ProgressFn
 from lib_dbchar.settings import WEBUI_OPTION_KEYS, Settings
 from lib_dbchar.version import __version__
@@ -44,6 +44,8 @@ TAB_ID = "dbchar"
 SETTINGS_SECTION = ("dbchar", "dbchar")
 SETTINGS_CATEGORY = "training"
 VERSION_ROUTE = "/dbchar/v1/version"
+#: The webui's "no upscaling" entry in ``shared.sd_upscalers``.
+WEBUI_NO_UPSCALER = "None"
 
 
 class WebuiHost(Host):
@@ -111,6 +113,40 @@ class WebuiHost(Host):
         finally:
             _restore(model)
 
+    # -- upscalers ---------------------------------------------------------------------------
+    def upscalers(self) -> list[str]:
+        """The webui's upscalers (``shared.sd_upscalers``, as in Extras), Lanczos first.
+
+        The webui's "None" entry is left out: it enlarges nothing itself and falls back to Lanczos.
+        Lanczos comes first whatever the webui's order, as the default that needs no model.
+        """
+        from modules import shared
+
+        names = [u.name for u in shared.sd_upscalers if u.name and u.name != WEBUI_NO_UPSCALER]
+        return [LANCZOS, *dict.fromkeys(n for n in names if n != LANCZOS)]
+
+    def upscale(self, image: Any, name: str, scale: float) -> Any:
+        """Enlarge ``image`` with the webui upscaler ``name``: ``scaler.upscale(image, scale, data_path)``.
+
+        That is what Extras does. The webui's upscaler rounds the size down to a multiple of 8 and
+        may stop early when the user presses Interrupt, so the size is only about ``scale`` times
+        the input's. Model upscalers run on the webui's device; call this holding the GPU lock
+        (inside :meth:`wrap_gpu_call`) and from one thread at a time.
+
+        Raises:
+            DbcharError: the webui lists no upscaler called ``name``.
+        """
+        if name == LANCZOS:
+            return lanczos_resize(image, scale)
+        from modules import shared
+
+        found = next((u for u in shared.sd_upscalers if u.name == name), None)
+        if found is None or name == WEBUI_NO_UPSCALER:
+            raise DbcharError(
+                f"The webui has no upscaler called {name!r}; pick one of {', '.join(self.upscalers())}."
+            )
+        return found.scaler.upscale(image, scale, found.data_path)
+
     # -- jobs --------------------------------------------------------------------------------
     def wrap_gpu_call(
         self, fn: Callable[..., Any], extra_outputs: list[Any] | None = None
@@ -155,8 +191,10 @@ class WebuiHost(Host):
 
         state = shared.state
         state.textinfo = title
-        yield JobContext(progress=functools.partial(_show_progress, state, title),
-                         should_stop=functools.partial(_stop_requested, state))
+        yield JobContext(
+            progress=functools.partial(_show_progress, state, title),
+            should_stop=functools.partial(_stop_requested, state),
+        )
 
     def interrupt(self) -> None:
         """What the webui's Interrupt button does: ``shared.state.interrupt()``."""

@@ -40,7 +40,8 @@ TABS: tuple[tuple[str, ModuleType], ...] = (
 #: The extension's root folder, where the webui finds style.css and javascript/.
 EXTENSION_ROOT = Path(__file__).resolve().parents[2]
 STYLE_FILE = EXTENSION_ROOT / "style.css"
-SCRIPT_FILE = EXTENSION_ROOT / "javascript" / "dbchar.js"
+SCRIPT_DIR = EXTENSION_ROOT / "javascript"
+SCRIPT_FILE = SCRIPT_DIR / "dbchar.js"
 
 #: Events running at once in the standalone page; GPU jobs still run one at a time (host lock).
 STANDALONE_WORKERS = 4
@@ -119,6 +120,12 @@ def _read_asset(path: Path) -> str:
     return ""
 
 
+def page_script() -> str:
+    """Every ``javascript/*.js`` in file-name order, as one source: what the webui would load."""
+    files = sorted({*SCRIPT_DIR.glob("*.js"), SCRIPT_FILE}, key=lambda p: p.name)
+    return "\n".join(text for text in (_read_asset(p) for p in files) if text)
+
+
 def script_loader(source: str) -> str:
     """A JS function that adds ``source`` to the page once as a global ``<script>``.
 
@@ -146,7 +153,7 @@ def build_page(host: Host) -> Any:
         title="dbchar", css=_read_asset(STYLE_FILE), theme=compat.offline_theme(), analytics_enabled=False
     ) as page:
         ui.render()
-        script = _read_asset(SCRIPT_FILE)
+        script = page_script()
         if script:
             compat.run_js_on_load(page, script_loader(script))
     return compat.enable_queue(page, STANDALONE_WORKERS)

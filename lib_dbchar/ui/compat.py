@@ -6,6 +6,9 @@ gradio version. The differences handled here:
 
 * gradio 4.x does ``from huggingface_hub import HfFolder``, which huggingface_hub 1.0 removed
   (:func:`_add_missing_hffolder`);
+* gradio 4.x's client library cannot describe a component whose JSON schema holds a boolean
+  sub-schema (pydantic >= 2.11 writes ``additionalProperties: true`` for File/Image/Gallery
+  data), which fails every page load (:func:`_accept_boolean_json_schemas`);
 * gradio 4.x serves its page with Starlette's pre-1.0 ``TemplateResponse(name, context)`` call,
   which Starlette 1.0 removed (:func:`accept_old_template_calls`);
 * front-end JS on an event: ``_js=`` in 3, ``js=`` in 4 (:func:`listen`);
@@ -55,6 +58,42 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 _add_missing_hffolder()
 
 import gradio as gr  # noqa: E402 - must come after the two fixes above
+
+
+def _accept_boolean_json_schemas() -> None:
+    """Let gradio 4.x's ``gradio_client`` describe schemas that contain ``true`` / ``false``.
+
+    JSON Schema allows a boolean as a sub-schema ("anything" / "nothing"), and pydantic >= 2.11
+    writes ``"additionalProperties": true`` for the ``meta`` dict of gradio's ``FileData``. The
+    client library shipped with gradio 4.x indexes every sub-schema as a dict, so describing any
+    page with a File, Image or Gallery raises "argument of type 'bool' is not iterable" -- and
+    gradio 4 describes the page on every load. The converter is wrapped to read a boolean
+    sub-schema as ``Any``; a client that already copes is left alone.
+    """
+    try:
+        from gradio_client import utils as client_utils
+    except ImportError:
+        return
+    convert = getattr(client_utils, "_json_schema_to_python_type", None)
+    if convert is None or getattr(convert, "dbchar_accepts_booleans", False):
+        return
+    try:
+        convert(True, {})
+    except (TypeError, AttributeError, KeyError):  # how a dict-only converter fails on a bool
+        pass
+    else:
+        return  # this client handles boolean schemas itself
+
+    @functools.wraps(convert)
+    def accepting_booleans(schema: Any, defs: Any) -> str:
+        return "Any" if isinstance(schema, bool) else convert(schema, defs)
+
+    accepting_booleans.dbchar_accepts_booleans = True  # type: ignore[attr-defined]
+    # The converter recurses through this module attribute, so nested schemas are covered too.
+    client_utils._json_schema_to_python_type = accepting_booleans
+
+
+_accept_boolean_json_schemas()
 
 #: The major version of the gradio that was imported (3 in the webui 1.10, 4 in Forge).
 GRADIO_MAJOR = int(gr.__version__.split(".")[0])

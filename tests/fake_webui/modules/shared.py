@@ -22,6 +22,7 @@ parallel_processing_allowed = True
 demo = None
 settings_components = None
 tab_names = []
+sd_upscalers = []  # filled by modelloader.load_upscalers() at start-up (below)
 
 OptionInfo = options.OptionInfo
 options_section = options.options_section
@@ -63,3 +64,7 @@ from modules import shared_items  # noqa: E402  (turns sd_model into a loading p
 
 refresh_checkpoints = shared_items.refresh_checkpoints
 list_checkpoint_tiles = shared_items.list_checkpoint_tiles
+
+from modules import modelloader  # noqa: E402  (start-up: the webui loads the upscalers in initialize)
+
+modelloader.load_upscalers()

@@ -9,15 +9,13 @@ the box that was dragged and the dataset picture was made again from it. A secon
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import pytest
 
+from tests.kit.browser import REPO_ROOT, chromium, standalone_ui
 from tests.kit.images import file_hashes, textured
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, Server, free_port, wait_until_up
+from tests.test_browser import Server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -28,47 +26,17 @@ CROP_SCRIPT = REPO_ROOT / "javascript" / "dbchar-crop.js"
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("browser-dataset")
-    models, projects, log = root / "models", root / "projects", root / "ui.log"
-    models.mkdir()
-    port = free_port()
-    env = {
-        **os.environ,
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        # Focal crops try the face detector; offline that must fail at once (saliency is used).
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(root / "hf"),
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        "HOME": str(root / "home"),
-    }
-    command = [sys.executable, "-m", "lib_dbchar", "ui", "--models-dir", str(models)]
-    command += ["--projects-dir", str(projects), "--port", str(port)]
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        wait_until_up(url, process, log)
-        yield Server(url, models, projects, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+    models, projects = root / "models", root / "projects"
+    # Focal crops try the face detector; offline that must fail at once (saliency is used).
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(root / "hf")}
+    with standalone_ui(root, models, projects, offline) as url:
+        yield Server(url, models, projects, root / "ui.log")
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing (Debian: apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium() as browser:
+        yield browser
 
 
 def stage_box(page) -> dict:

@@ -7,10 +7,7 @@ clicks through the editor and the test reads the caption files on disk after eac
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from lib_dbchar.projects import create_project
+from tests.kit.browser import chromium, standalone_ui
 from tests.kit.tagger import solid_image
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, REPO_ROOT, free_port, wait_until_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -42,52 +39,22 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("browser-tags")
-    projects, models, log = root / "projects", root / "models", root / "ui.log"
-    models.mkdir()
+    projects, models = root / "projects", root / "models"
     dataset = create_project(projects, "neeko").dataset_dir
     for (stem, text), colour in zip(CAPTIONS.items(), COLOURS, strict=True):
         solid_image(colour, (96, 96)).save(dataset / f"{stem}.png")
         (dataset / f"{stem}.txt").write_text(text, encoding="utf-8")
-    port = free_port()
-    env = {
-        **os.environ,
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        "HOME": str(root / "home"),
-    }
-    command = [sys.executable, "-m", "lib_dbchar", "ui", "--models-dir", str(models)]
-    command += ["--projects-dir", str(projects), "--port", str(port)]
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        wait_until_up(url, process, log)
+    with standalone_ui(root, models, projects, {"HF_HUB_OFFLINE": "1"}) as url:
         yield Server(url, dataset)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")
 def page(server):
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing (Debian: apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(server.url)
-            page.wait_for_selector("#dbchar-tabs", timeout=STEP_TIMEOUT_MS)
-            yield page
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(server.url)
+        page.wait_for_selector("#dbchar-tabs", timeout=STEP_TIMEOUT_MS)
+        yield page
 
 
 def captions_on_disk(dataset: Path) -> dict[str, str]:

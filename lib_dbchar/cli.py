@@ -18,11 +18,13 @@ from lib_dbchar.errors import DbcharError
 from lib_dbchar.version import __version__
 
 
-def _host(args: argparse.Namespace):  # noqa: ANN202
+def _host(args: argparse.Namespace):
     from lib_dbchar.host.standalone import StandaloneHost
     from lib_dbchar.settings import Settings
 
-    settings = Settings(projects_dir=str(args.projects_dir or ""), tagger_cache_dir=str(args.tagger_cache or ""))
+    settings = Settings(
+        projects_dir=str(args.projects_dir or ""), tagger_cache_dir=str(args.tagger_cache or "")
+    )
     return StandaloneHost(Path(args.models_dir), settings, device=args.device)
 
 
@@ -47,19 +49,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the whole chain on a built-in example (filled in as the tabs land; today: the check)."""
-    print("The end-to-end demo arrives with the training tabs; running the environment check instead.")
-    return cmd_doctor(args)
-
-
 # name -> (handler, one-line help, extra-arguments adder or None), for the commands defined here.
-COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str, Callable[[argparse.ArgumentParser], None] | None]] = {}
+COMMANDS: dict[
+    str, tuple[Callable[[argparse.Namespace], int], str, Callable[[argparse.ArgumentParser], None] | None]
+] = {}
 
 # name -> module for the commands that live beside their feature. Each such module defines
 # HELP (one line), add_arguments(parser) and run(args) -> exit code; it is imported only when the
 # parser is built, and must itself import heavy packages (torch, onnxruntime) inside run().
 COMMAND_MODULES: dict[str, str] = {
+    "demo": "lib_dbchar.demo.cli",
     "tag": "lib_dbchar.tagger.cli",
     "prep": "lib_dbchar.dataset.cli",
     "merge": "lib_dbchar.merge.cli",
@@ -68,14 +67,17 @@ COMMAND_MODULES: dict[str, str] = {
 
 
 def _ui_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--listen", default="127.0.0.1", help="address to serve on (default: %(default)s, this machine only)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("DBCHAR_PORT", "7870")), help="default: %(default)s")
+    p.add_argument(
+        "--listen", default="127.0.0.1", help="address to serve on (default: %(default)s, this machine only)"
+    )
+    p.add_argument(
+        "--port", type=int, default=int(os.environ.get("DBCHAR_PORT", "7870")), help="default: %(default)s"
+    )
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
 
 
 COMMANDS["ui"] = (cmd_ui, "start the dbchar tabs standalone in your browser", _ui_args)
 COMMANDS["doctor"] = (cmd_doctor, "check packages, device and folders", None)
-COMMANDS["demo"] = (cmd_demo, "run the whole chain on a built-in example", None)
 
 
 def _all_commands() -> dict[str, tuple]:
@@ -89,15 +91,21 @@ def _all_commands() -> dict[str, tuple]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lib_dbchar",
-        description="dbchar: from ~20 pictures of a character to a Dreambooth checkpoint, and onto any model.",
+        description="dbchar: from ~20 pictures of a character to a Dreambooth checkpoint, "
+        "and onto any model.",
     )
     parser.add_argument("--version", action="version", version=f"dbchar {__version__}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--models-dir", default=os.environ.get("DBCHAR_MODELS_DIR", "models"),
-                        help="checkpoints folder (default: %(default)s)")
+    common.add_argument(
+        "--models-dir",
+        default=os.environ.get("DBCHAR_MODELS_DIR", "models"),
+        help="checkpoints folder (default: %(default)s)",
+    )
     common.add_argument("--projects-dir", default=None, help="projects folder (default: ~/dbchar)")
     common.add_argument("--tagger-cache", default=None, help="tagger model cache (default: Hugging Face's)")
-    common.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)")
+    common.add_argument(
+        "--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, (handler, help_text, add_args) in _all_commands().items():
         p = sub.add_parser(name, help=help_text, description=help_text, parents=[common])

@@ -36,7 +36,7 @@ def setting(
     default: Any,
     *,
     label: str,
-    help: str = "",  # noqa: A002 - the natural name for the tooltip text
+    help: str = "",
     minimum: float | None = None,
     maximum: float | None = None,
     step: float | None = None,
@@ -82,6 +82,48 @@ def _base_type(tp: Any) -> Any:
     return tp
 
 
+_TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
+_BOOL_WORDS = _TRUE_WORDS | {"false", "0", "no", "off"}
+
+
+def _to_bool(value: Any) -> bool:
+    # A form or a JSON file may hold "yes"/"off"; bool("off") would be True, so read the word.
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered not in _BOOL_WORDS:
+            raise ValueError(value)
+        return lowered in _TRUE_WORDS
+    return bool(value)
+
+
+def _to_int(value: Any) -> int:
+    # UI sliders send floats; 3.0 is a fine int, 2.5 is a mistake worth reporting.
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return int(value)
+
+
+_CONVERTERS: dict[Any, Any] = {bool: _to_bool, int: _to_int, float: float, str: str, Path: Path}
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    """``value`` as type ``tp``; raises TypeError/ValueError when it cannot be."""
+    if tp in _CONVERTERS:
+        return _CONVERTERS[tp](value)
+    if typing.get_origin(tp) in (list, tuple):
+        return typing.get_origin(tp)(value)
+    return value
+
+
+def _check_range(where: str, spec: FieldSpec, value: Any) -> None:
+    if spec.minimum is not None and value < spec.minimum:
+        raise ValueError(f"{where}: {value!r} is below the minimum {spec.minimum}")
+    if spec.maximum is not None and value > spec.maximum:
+        raise ValueError(f"{where}: {value!r} is above the maximum {spec.maximum}")
+    if spec.choices is not None and value not in spec.choices:
+        raise ValueError(f"{where}: {value!r} is not one of {', '.join(spec.choices)}")
+
+
 def _coerce(cls_name: str, info: FieldInfo, value: Any) -> Any:
     where = f"{cls_name}.{info.name} ({info.spec.label})"
     tp = _base_type(info.type)
@@ -90,36 +132,11 @@ def _coerce(cls_name: str, info: FieldInfo, value: Any) -> Any:
             return None
         raise ValueError(f"{where}: a value is required")
     try:
-        if tp is bool:
-            if isinstance(value, str):
-                lowered = value.strip().lower()
-                if lowered not in {"true", "false", "1", "0", "yes", "no", "on", "off"}:
-                    raise ValueError(value)
-                value = lowered in {"true", "1", "yes", "on"}
-            else:
-                value = bool(value)
-        elif tp is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            value = int(value)
-        elif tp is float:
-            value = float(value)
-        elif tp is str:
-            value = str(value)
-        elif tp is Path:
-            value = Path(value)
-        elif typing.get_origin(tp) in (list, tuple):
-            value = typing.get_origin(tp)(value)
+        converted = _convert(tp, value)
     except (TypeError, ValueError):
         raise ValueError(f"{where}: {value!r} is not a valid {getattr(tp, '__name__', tp)}") from None
-    spec = info.spec
-    if spec.minimum is not None and value < spec.minimum:
-        raise ValueError(f"{where}: {value!r} is below the minimum {spec.minimum}")
-    if spec.maximum is not None and value > spec.maximum:
-        raise ValueError(f"{where}: {value!r} is above the maximum {spec.maximum}")
-    if spec.choices is not None and value not in spec.choices:
-        raise ValueError(f"{where}: {value!r} is not one of {', '.join(spec.choices)}")
-    return value
+    _check_range(where, info.spec, converted)
+    return converted
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], *, partial: bool = True) -> T:

@@ -58,22 +58,39 @@ def _version(dist: str) -> str | None:
 
 
 def check_packages() -> Check:
-    wanted = ["torch", "diffusers", "transformers", "accelerate", "safetensors", "onnxruntime", "numpy", "Pillow"]
+    wanted = [
+        "torch",
+        "diffusers",
+        "transformers",
+        "accelerate",
+        "safetensors",
+        "onnxruntime",
+        "numpy",
+        "Pillow",
+    ]
     found = {name: _version(name) for name in wanted}
     missing = [n for n, v in found.items() if v is None]
     detail = ", ".join(f"{n} {v}" for n, v in found.items() if v)
     if missing:
-        return Check("packages", False, f"missing {', '.join(missing)} (restart the webui to let install.py add "
-                     f"them, or run `pip install -e .`); found {detail}")
+        return Check(
+            "packages",
+            False,
+            f"missing {', '.join(missing)} (restart the webui to let install.py add "
+            f"them, or run `pip install -e .`); found {detail}",
+        )
     return Check("packages", True, detail)
 
 
 def check_onnxruntime_builds() -> Check:
     cpu, gpu = _version("onnxruntime"), _version("onnxruntime-gpu")
     if cpu and gpu:
-        return Check("onnxruntime", False, f"both onnxruntime {cpu} and onnxruntime-gpu {gpu} are installed; they "
-                     "overwrite each other and CUDA is lost. Fix: pip uninstall -y onnxruntime onnxruntime-gpu, "
-                     "then pip install onnxruntime-gpu")
+        return Check(
+            "onnxruntime",
+            False,
+            f"both onnxruntime {cpu} and onnxruntime-gpu {gpu} are installed; they "
+            "overwrite each other and CUDA is lost. Fix: pip uninstall -y onnxruntime onnxruntime-gpu, "
+            "then pip install onnxruntime-gpu",
+        )
     return Check("onnxruntime", True, f"onnxruntime-gpu {gpu}" if gpu else f"onnxruntime {cpu}")
 
 
@@ -87,7 +104,9 @@ def check_device(device: str) -> Check:
     except (RuntimeError, AssertionError) as exc:
         return Check("device", False, f"{device}: {exc}")
     ok = value == 64.0 * 64 * 64
-    return Check("device", ok, f"{device}, torch {torch.__version__}" + ("" if ok else f", wrong result {value}"))
+    return Check(
+        "device", ok, f"{device}, torch {torch.__version__}" + ("" if ok else f", wrong result {value}")
+    )
 
 
 def check_folder(name: str, folder: Path) -> Check:
@@ -99,7 +118,9 @@ def check_folder(name: str, folder: Path) -> Check:
 
     writable = os.access(probe, os.W_OK)
     state = "exists" if folder.is_dir() else "will be created"
-    return Check(name, writable, f"{folder} ({state}{'' if writable else ', NOT writable: pick another in Settings'})")
+    return Check(
+        name, writable, f"{folder} ({state}{'' if writable else ', NOT writable: pick another in Settings'})"
+    )
 
 
 def run_checks(facts: Facts, ctx: JobContext | None = None) -> Report:
@@ -113,8 +134,12 @@ def run_checks(facts: Facts, ctx: JobContext | None = None) -> Report:
         ("packages", check_packages),
         ("onnxruntime", check_onnxruntime_builds),
         ("device", lambda: check_device(facts.device)),
-        ("checkpoints", lambda: Check("checkpoints", True, f"{facts.checkpoints} in the list; new ones go to "
-                                      f"{facts.checkpoint_dir}")),
+        (
+            "checkpoints",
+            lambda: Check(
+                "checkpoints", True, f"{facts.checkpoints} in the list; new ones go to {facts.checkpoint_dir}"
+            ),
+        ),
         ("checkpoint folder", lambda: check_folder("checkpoint folder", facts.checkpoint_dir)),
         ("projects folder", lambda: check_folder("projects folder", facts.projects_dir)),
     ]
@@ -127,7 +152,7 @@ def run_checks(facts: Facts, ctx: JobContext | None = None) -> Report:
     return report
 
 
-def facts_from(host) -> Facts:  # noqa: ANN001 - any lib_dbchar.host.Host
+def facts_from(host) -> Facts:
     """Collect the plain facts the checks need from a host."""
     return Facts(
         host=host.name,

@@ -61,7 +61,9 @@ def child_path(parent: Path, name: str, *, suffix: str = "", what: str = "name")
     return candidate
 
 
-def new_path(parent: Path, name: str, *, suffix: str = "", what: str = "name", overwrite: bool = False) -> Path:
+def new_path(
+    parent: Path, name: str, *, suffix: str = "", what: str = "name", overwrite: bool = False
+) -> Path:
     """A path for a new file or folder that must not silently replace an existing one.
 
     Raises:
@@ -90,15 +92,15 @@ def atomic_writer(path: Path, mode: str = "wb", encoding: str | None = None) -> 
             os.fsync(handle.fileno())
         # Keep the permissions of the file we replace (umask-default for new files).
         if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
+            Path(tmp).chmod(path.stat().st_mode & 0o777)
         else:
             umask = os.umask(0)
             os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
+            Path(tmp).chmod(0o666 & ~umask)
+        Path(tmp).replace(path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            Path(tmp).unlink()
         raise
 
 

@@ -95,6 +95,21 @@ def _existing_safetensors(path: Path | str) -> Path:
     return path
 
 
+def check_output_path(path: Path | str, *, overwrite: bool = False) -> Path:
+    """The checks every checkpoint writer makes before writing ``path``.
+
+    Raises:
+        ValueError: ``path`` does not end in ``.safetensors``.
+        TargetExists: ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if path.suffix.lower() != SAFETENSORS_SUFFIX:
+        raise ValueError(f"{path}: checkpoints are written as {SAFETENSORS_SUFFIX}; change the file name.")
+    if path.exists() and not overwrite:
+        raise TargetExists(f"{path} already exists; choose another name or allow overwriting.")
+    return path
+
+
 def save_single_file(
     state_dict: Mapping[str, Any],
     path: Path | str,
@@ -121,11 +136,7 @@ def save_single_file(
         ValueError: ``path`` has another suffix.
         TargetExists: ``path`` exists and ``overwrite`` is False.
     """
-    path = Path(path)
-    if path.suffix.lower() != SAFETENSORS_SUFFIX:
-        raise ValueError(f"{path}: checkpoints are written as {SAFETENSORS_SUFFIX}; change the file name.")
-    if path.exists() and not overwrite:
-        raise TargetExists(f"{path} already exists; choose another name or allow overwriting.")
+    path = check_output_path(path, overwrite=overwrite)
     tensors = _prepare_tensors(state_dict, fp16=fp16)
     header = {"format": "pt"}
     header.update({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})

@@ -25,6 +25,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from lib_dbchar.train.model import pipeline_index
+
 __all__ = ["TINY_PROMPT", "TinyModel", "build_tiny_sd"]
 
 TINY_PROMPT = "a photo of sks person"
@@ -177,18 +179,7 @@ def _save_diffusers(folder: Path, unet, vae, text_encoder, *, kind: str, predict
     text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
     DDIMScheduler(**_SCHEDULER, prediction_type=prediction_type).save_pretrained(folder / "scheduler")
     _write_tokenizer(folder / "tokenizer", kind)
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-        "safety_checker": [None, None],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-    }
+    index = {**pipeline_index(), "_diffusers_version": diffusers.__version__}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
 
 

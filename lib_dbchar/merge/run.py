@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lib_dbchar.checkpoint.detect import config_beside
+from lib_dbchar.checkpoint.io import SAFETENSORS_SUFFIX
 from lib_dbchar.checkpoint.metadata import ModelIdentity, copied_metadata, identify, webui_merge_fields
 from lib_dbchar.checkpoint.reader import CheckpointReader, open_checkpoint
 from lib_dbchar.config import setting
@@ -43,7 +44,7 @@ from lib_dbchar.merge.plan import (
     MergePlan,
     plan_merge,
 )
-from lib_dbchar.merge.stream import SAFETENSORS_SUFFIX, stream_safetensors
+from lib_dbchar.merge.stream import stream_safetensors
 from lib_dbchar.version import __version__
 
 CONFIG_SOURCES = ("any", "secondary", "tertiary", "none")

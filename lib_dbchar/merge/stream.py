@@ -16,11 +16,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from lib_dbchar.checkpoint.io import check_output_path
 from lib_dbchar.checkpoint.stformat import aligned_header, dtype_name, tensor_bytes
-from lib_dbchar.errors import TargetExists
 from lib_dbchar.paths import atomic_writer
-
-SAFETENSORS_SUFFIX = ".safetensors"
 
 
 class StreamWriter:
@@ -100,11 +98,7 @@ def stream_safetensors(
         ValueError: wrong suffix, bad metadata, or not every entry written when the block ends.
         TargetExists: ``path`` exists and ``overwrite`` is False.
     """
-    path = Path(path)
-    if path.suffix.lower() != SAFETENSORS_SUFFIX:
-        raise ValueError(f"{path}: checkpoints are written as {SAFETENSORS_SUFFIX}; change the file name.")
-    if path.exists() and not overwrite:
-        raise TargetExists(f"{path} already exists; choose another name or allow overwriting.")
+    path = check_output_path(path, overwrite=overwrite)
     header = aligned_header(entries, metadata or {})
     with atomic_writer(path, "wb") as handle:
         handle.write(header)

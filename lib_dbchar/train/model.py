@@ -373,7 +373,7 @@ def _write_folder(
         write_tokenizer(tokenizer, tmp / "tokenizer", model_kind=kind)
         if extras:
             save_file({k: v.contiguous() for k, v in extras.items()}, str(tmp / EXTRAS_FILE))
-        (tmp / "model_index.json").write_text(json.dumps(_model_index(), indent=2), encoding="utf-8")
+        (tmp / "model_index.json").write_text(json.dumps(pipeline_index(), indent=2), encoding="utf-8")
         # source.json last: its presence marks a complete folder.
         (tmp / SOURCE_RECORD).write_text(json.dumps(dict(record), indent=2), encoding="utf-8")
         tmp.replace(folder)
@@ -382,7 +382,8 @@ def _write_folder(
         raise
 
 
-def _model_index() -> dict[str, Any]:
+def pipeline_index() -> dict[str, Any]:
+    """The ``model_index.json`` of an SD1/SD2 diffusers folder (no safety checker)."""
     return {
         "_class_name": "StableDiffusionPipeline",
         "feature_extractor": [None, None],

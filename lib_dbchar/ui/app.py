@@ -91,7 +91,10 @@ class DbcharUI:
             task_id = gr.Textbox(value="", visible=False, elem_id=elem_id("task-id"))
             gr.HTML(header_text(self.host, device), elem_id=elem_id("header"))
             self.picker = ProjectPicker(self.host).render()
-            self.ctx = UiContext(host=self.host, project=self.picker.dropdown, task_id=task_id)
+            handoff = gr.Textbox(value="", visible=False, elem_id=elem_id("merge-handoff"))
+            self.ctx = UiContext(
+                host=self.host, project=self.picker.dropdown, task_id=task_id, merge_handoff=handoff
+            )
             self.environment = EnvironmentCheck(self.ctx).render()
             _render_tabs(self.ctx)
             self.picker.register()

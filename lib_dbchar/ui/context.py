@@ -17,11 +17,15 @@ class UiContext:
         project: the project picker's dropdown; its value is the current project's name.
         task_id: a hidden textbox that carries the webui's task id as the first input of every
             job (see :mod:`lib_dbchar.ui.jobs`); unused standalone.
+        merge_handoff: a hidden textbox through which "Pick a checkpoint" hands a checkpoint to
+            the Merge wizard: its value is JSON ``{"checkpoint": path, "run": name, "source": path}``
+            and the Merge tab fills its roles when it changes. ``None`` when a page has no such box.
     """
 
     host: Host
     project: Any
     task_id: Any
+    merge_handoff: Any = None
 
     @property
     def in_webui(self) -> bool:

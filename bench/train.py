@@ -6,7 +6,7 @@
 Part 1 -- the same run both ways: a 35 M-parameter UNet with the SD1 topology (widths 64-256), a small
 VAE and a 4-layer CLIP text encoder, 4 pictures + 4 class images at 128 px, prior preservation, batch 1,
 AdamW, fp32 on the CPU, text encoder frozen, gradient clipping 1.0. Each variant runs in its own child
-process (so ``ru_maxrss`` is its own peak) from the same diffusers folder, rounds alternating:
+process (its peak RSS is read from VmHWM, its own) from the same diffusers folder, rounds alternating:
 
 * **reference**: the shape of diffusers' ``examples/dreambooth/train_dreambooth.py`` written plainly:
   a ``Dataset`` returning instance + class examples with padded token ids, a ``DataLoader``, the loop
@@ -82,7 +82,8 @@ def build_workspace(root: Path) -> dict[str, str]:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from lib_dbchar.checkpoint import diffusers_to_ldm, save_single_file
-    from tests.kit.models import _SCHEDULER, _vocab, _write_tokenizer
+    from lib_dbchar.demo.tiny import _SCHEDULER, _vocab
+    from lib_dbchar.train.tokenizer import write_vocab
 
     torch.manual_seed(SEED)
     vocab = _vocab()
@@ -96,7 +97,7 @@ def build_workspace(root: Path) -> dict[str, str]:
     vae.save_pretrained(model_dir / "vae")
     text_encoder.save_pretrained(model_dir / "text_encoder")
     DDIMScheduler(**_SCHEDULER).save_pretrained(model_dir / "scheduler")
-    _write_tokenizer(model_dir / "tokenizer", "sd1")
+    write_vocab(model_dir / "tokenizer", vocab, [], model_kind="sd1")
     single = save_single_file(
         diffusers_to_ldm(unet.state_dict(), vae.state_dict(), text_encoder.state_dict(), kind="sd1"),
         root / "bench-sd1.safetensors",
@@ -248,8 +249,21 @@ def child(variant: str, workspace: dict[str, str], steps: int, threads: int) -> 
 
     torch.set_num_threads(threads)
     times = (reference if variant == "reference" else ours)(workspace, steps)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"variant": variant, "times": times, "peak_rss_mb": peak_mb}))
+    print(json.dumps({"variant": variant, "times": times, "peak_rss_mb": own_peak_mb()}))
+
+
+def own_peak_mb() -> float:
+    """This process's peak RSS in MB: VmHWM, which starts afresh at exec.
+
+    Not ru_maxrss: Linux carries a parent's peak into the children it starts, and the parent here
+    has built the bench model, so every child would report at least the parent's peak.
+    """
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text(encoding="ascii").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_child(variant: str, workspace_file: Path, steps: int, threads: int) -> dict:

@@ -785,15 +785,39 @@ def check_installed(pyproject: Path | str | None = None,
         One sentence per problem (missing, wrong version, both onnxruntime builds), each saying
         what does not work and how to fix it; empty when everything is in order.
     """
+    return list(problems_by_name(pyproject, installed).values())
+
+
+def requirement_names(pyproject: Path | str | None = None) -> list[str]:
+    """The canonical names of ``[project].dependencies``, in order (``pillow``, ``huggingface-hub``).
+
+    Args:
+        pyproject: default: dbchar's own ``pyproject.toml``.
+    """
+    return [canonicalize_name(Requirement(text).name) for text in load_policy(pyproject).requirements]
+
+
+def problems_by_name(pyproject: Path | str | None = None,
+                     installed: Mapping[str, str] | None = None) -> dict[str, str]:
+    """:func:`check_installed`'s sentences keyed by requirement, for checks that report a subset.
+
+    Args:
+        pyproject: default: dbchar's own ``pyproject.toml``.
+        installed: ``{name: version}``; default: :func:`read_installed`.
+
+    Returns:
+        ``{canonical requirement name: problem}`` in ``[project].dependencies`` order; the
+        ``onnxruntime`` entry also covers a second onnxruntime build installed beside it.
+    """
     policy = load_policy(pyproject)
     plan = make_plan(policy.requirements, policy.rules, read_installed() if installed is None else installed,
                      python=sys.executable)
-    problems = []
+    problems = {}
     for item in plan.items:
         if item.warning:
-            problems.append(item.warning)
+            problems[item.name] = item.warning
         elif item.missing:
-            problems.append(
+            problems[item.name] = (
                 f"{item.name} is missing: {item.feature} unavailable. Restart the webui (dbchar's install.py "
                 f"adds it without changing installed packages) or run: "
                 f"{_quote_command(sys.executable)} {_quote_command(str(INSTALL_PY))}")

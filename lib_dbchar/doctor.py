@@ -7,13 +7,13 @@ progress bar and Interrupt button.
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lib_dbchar import deps
 from lib_dbchar.jobs import JobContext
 from lib_dbchar.version import __version__
 
@@ -50,48 +50,49 @@ class Report:
         return "\n".join(lines)
 
 
-def _version(dist: str) -> str | None:
+# The requirement with a CPU and GPU distributions (see pyproject's [tool.dbchar.install.gpu_builds]):
+# it gets its own check, because two builds installed side by side is a problem of its own.
+_BUILDS = "onnxruntime"
+_GPU_BUILD = "onnxruntime-gpu"
+
+
+def check_packages(installed: Mapping[str, str] | None = None) -> Check:
+    """Every dependency but onnxruntime is present at a version that fits.
+
+    The list and the version ranges are pyproject.toml's, judged by :mod:`lib_dbchar.deps` (the
+    rules install.py follows), so this check and install.py never disagree.
+
+    Args:
+        installed: ``{canonical name: version}``; default: what this interpreter has.
+    """
+    found = deps.read_installed() if installed is None else dict(installed)
     try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def check_packages() -> Check:
-    wanted = [
-        "torch",
-        "diffusers",
-        "transformers",
-        "accelerate",
-        "safetensors",
-        "onnxruntime",
-        "numpy",
-        "Pillow",
-    ]
-    found = {name: _version(name) for name in wanted}
-    missing = [n for n, v in found.items() if v is None]
-    detail = ", ".join(f"{n} {v}" for n, v in found.items() if v)
-    if missing:
-        return Check(
-            "packages",
-            False,
-            f"missing {', '.join(missing)} (restart the webui to let install.py add "
-            f"them, or run `pip install -e .`); found {detail}",
-        )
+        problems = deps.problems_by_name(installed=found)
+        names = deps.requirement_names()
+    except (OSError, ValueError) as exc:
+        return Check("packages", False, f"cannot read dbchar's dependency list: {exc}. Reinstall dbchar.")
+    problems.pop(_BUILDS, None)
+    detail = ", ".join(f"{name} {found[name]}" for name in names if name in found and name != _BUILDS)
+    if problems:
+        return Check("packages", False, " ".join(problems.values()) + f" Found: {detail or 'none'}")
     return Check("packages", True, detail)
 
 
-def check_onnxruntime_builds() -> Check:
-    cpu, gpu = _version("onnxruntime"), _version("onnxruntime-gpu")
-    if cpu and gpu:
-        return Check(
-            "onnxruntime",
-            False,
-            f"both onnxruntime {cpu} and onnxruntime-gpu {gpu} are installed; they "
-            "overwrite each other and CUDA is lost. Fix: pip uninstall -y onnxruntime onnxruntime-gpu, "
-            "then pip install onnxruntime-gpu",
-        )
-    return Check("onnxruntime", True, f"onnxruntime-gpu {gpu}" if gpu else f"onnxruntime {cpu}")
+def check_onnxruntime_builds(installed: Mapping[str, str] | None = None) -> Check:
+    """onnxruntime (the tagger's runtime) is present, fits, and only one of its builds is installed.
+
+    Args:
+        installed: ``{canonical name: version}``; default: what this interpreter has.
+    """
+    found = deps.read_installed() if installed is None else dict(installed)
+    try:
+        problem = deps.problems_by_name(installed=found).get(_BUILDS)
+    except (OSError, ValueError) as exc:
+        return Check("onnxruntime", False, f"cannot read dbchar's dependency list: {exc}. Reinstall dbchar.")
+    if problem:
+        return Check("onnxruntime", False, problem)
+    gpu = found.get(_GPU_BUILD)
+    return Check("onnxruntime", True, f"{_GPU_BUILD} {gpu}" if gpu else f"{_BUILDS} {found.get(_BUILDS)}")
 
 
 def check_device(device: str) -> Check:

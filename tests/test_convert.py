@@ -29,6 +29,7 @@ from lib_dbchar.checkpoint import (
     unconverted_keys,
     unwrap_state_dict,
 )
+from lib_dbchar.checkpoint.detect import detect_arch
 from lib_dbchar.errors import TargetExists
 
 UNET = "model.diffusion_model."
@@ -224,6 +225,22 @@ def test_detect_kind_refuses_sdxl_and_strangers():
         detect_kind(sdxl)
     with pytest.raises(UnsupportedCheckpoint, match="Not a Stable Diffusion"):
         detect_kind({"encoder.weight": torch.zeros(1)})
+
+
+def test_detect_kind_and_detect_arch_share_one_table(tiny_sd1):
+    """A UNet-only SDXL file (its 2-D proj_in looks like SD2's) is refused by its label_emb, and
+    inspect (detect_arch) knows the old CLIP layout that conversion (detect_kind) accepts."""
+    unet_only_sdxl = {
+        UNET + "label_emb.0.0.weight": torch.zeros(1280, 2816),
+        UNET + "input_blocks.1.1.proj_in.weight": torch.zeros(320, 320),
+    }
+    with pytest.raises(UnsupportedCheckpoint, match=r"Stable Diffusion XL checkpoint \(SDXL: it has"):
+        detect_kind(unet_only_sdxl)
+    old = {
+        k.replace("transformer.text_model.", "transformer."): v
+        for k, v in load_single_file(tiny_sd1.single_file).items()
+    }
+    assert detect_arch({k: tuple(v.shape) for k, v in old.items()}) == detect_kind(old) == "sd1"
 
 
 def test_unknown_kind_is_a_value_error(originals):

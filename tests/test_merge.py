@@ -25,6 +25,7 @@ from lib_dbchar.config import from_dict
 from lib_dbchar.errors import JobStopped, TargetExists
 from lib_dbchar.jobs import JobContext
 from lib_dbchar.merge import IncompatibleModels, MergeConfig, run_merge, webui_output_name
+from tests.kit.sdfiles import nudged, write_models
 
 UNET = "model.diffusion_model."
 CONV_IN = UNET + "input_blocks.0.0.weight"
@@ -102,14 +103,9 @@ def assert_same(path: Path, expected: dict) -> None:
 # --- inputs ---------------------------------------------------------------------------------------
 
 
-def noisy(sd: dict, seed: int, scale: float = 0.01) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    return {
-        k: (v + torch.randn(v.shape, generator=gen) * scale).to(v.dtype)
-        if v.is_floating_point()
-        else v.clone()
-        for k, v in sd.items()
-    }
+def noisy(sd: dict, seed: int) -> dict:
+    """A relative of ``sd``: absolute noise of 0.01 on every float tensor (dtype kept)."""
+    return nudged(sd, 0.01, seed, relative=False)
 
 
 def to_nai(sd: dict) -> dict:
@@ -166,11 +162,7 @@ def files(base, tmp_path_factory) -> dict[str, Path]:
     vae["model_ema.decay"] = torch.tensor(0.5)
     vae["encoder.not_in_a.weight"] = torch.ones(2)
 
-    out = {}
-    for name, sd in {"a": a, "b": b, "c": c, "vae": vae}.items():
-        out[name] = folder / f"{name}.safetensors"
-        safetensors.torch.save_file(sd, str(out[name]))
-    return out
+    return write_models(folder, {"a": a, "b": b, "c": c, "vae": vae})
 
 
 def merge(files, out, *, overwrite=False, **settings):
@@ -270,10 +262,9 @@ def test_merge_rules_are_visible_in_the_result(files, tmp_path, base):
 
 def test_sd2_merge_equals_the_webui_merge(tiny_sd2, tmp_path):
     sd = load_single_file(tiny_sd2.single_file)
-    paths = {}
-    for name, seed in (("a", 10), ("b", 11), ("c", 12)):
-        paths[name] = tmp_path / f"{name}.safetensors"
-        safetensors.torch.save_file(noisy(sd, seed), str(paths[name]))
+    paths = write_models(
+        tmp_path, {name: noisy(sd, seed) for name, seed in (("a", 10), ("b", 11), ("c", 12))}
+    )
     out = tmp_path / "sd2.safetensors"
     result = merge(paths, out, method="add_difference", multiplier=0.5, fp16=True)
     assert result.arch == "sd2"

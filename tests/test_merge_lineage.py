@@ -16,19 +16,7 @@ from lib_dbchar.jobs import JobContext
 from lib_dbchar.merge import LineageConfig, check_descent, lineage_distance
 from lib_dbchar.merge import cli as merge_cli
 from lib_dbchar.merge.lineage import compared_keys, relative_distance
-
-
-def nudged(sd: dict, scale: float, seed: int) -> dict:
-    """Each float tensor plus noise of ``scale`` times its own RMS: relative distance ~ ``scale``."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, value in sd.items():
-        if value.is_floating_point():
-            rms = value.float().pow(2).mean().sqrt()
-            out[key] = value + torch.randn(value.shape, generator=gen) * rms * scale
-        else:
-            out[key] = value
-    return out
+from tests.kit.sdfiles import nudged, shuffled, write_models
 
 
 @pytest.fixture(scope="module")
@@ -36,22 +24,12 @@ def family(tiny_sd1, tmp_path_factory):
     """source, trained (1% away), halfway (10%), unrelated (the source's values shuffled)."""
     folder = tmp_path_factory.mktemp("lineage")
     source = load_single_file(tiny_sd1.single_file)
-    gen = torch.Generator().manual_seed(9)
-    unrelated = {
-        k: v.flatten()[torch.randperm(v.numel(), generator=gen)].reshape(v.shape)
-        if v.is_floating_point()
-        else v
-        for k, v in source.items()
-    }
-    paths = {"source": tiny_sd1.single_file}
-    for name, sd in {
+    relatives = {
         "trained": nudged(source, 0.01, 1),
         "halfway": nudged(source, 0.1, 2),
-        "unrelated": unrelated,
-    }.items():
-        paths[name] = folder / f"{name}.safetensors"
-        safetensors.torch.save_file(sd, str(paths[name]))
-    return paths
+        "unrelated": shuffled(source, 9),
+    }
+    return {"source": tiny_sd1.single_file, **write_models(folder, relatives)}
 
 
 def test_distance_is_the_median_relative_change(family):

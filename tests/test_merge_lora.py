@@ -18,18 +18,14 @@ from lib_dbchar.checkpoint import ldm_to_diffusers, load_single_file
 from lib_dbchar.checkpoint.errors import UnsupportedCheckpoint
 from lib_dbchar.merge import IncompatibleModels, LoraConfig, run_extract_lora
 from lib_dbchar.merge.lora import low_rank
+from tests.kit.sdfiles import nudged
 
 UNET = "model.diffusion_model."
 
 
 def trained_from(source: dict, *, text: bool, seed: int = 0) -> dict:
     """The source with every float tensor nudged (the text encoder only if ``text``)."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, value in source.items():
-        nudged = value.is_floating_point() and (text or not key.startswith("cond_stage_model."))
-        out[key] = value + torch.randn(value.shape, generator=gen) * 0.01 if nudged else value.clone()
-    return out
+    return nudged(source, 0.01, seed, relative=False, skip=() if text else ("cond_stage_model.",))
 
 
 def modules_by_lora_name(tiny) -> dict[str, str]:

@@ -4,7 +4,7 @@ import threading
 import pytest
 
 from lib_dbchar.cli import build_parser, main
-from lib_dbchar.doctor import Facts, run_checks
+from lib_dbchar.doctor import Check, Facts, check_onnxruntime_builds, check_packages, run_checks
 from lib_dbchar.errors import DbcharError, JobStopped, NameRejected, TargetExists
 from lib_dbchar.host.standalone import StandaloneHost
 from lib_dbchar.jobs import JobContext, Progress
@@ -116,6 +116,47 @@ def test_doctor_reports_problems_plainly(tmp_path):
     assert report.as_text().startswith("dbchar ")
 
 
+# What a complete venv holds (canonical names, as deps.read_installed gives them).
+COMPLETE = {
+    "torch": "2.1.2+cu121",
+    "numpy": "1.26.2",
+    "pillow": "9.5.0",
+    "safetensors": "0.4.2",
+    "transformers": "4.30.2",
+    "accelerate": "0.21.0",
+    "huggingface-hub": "0.36.2",
+    "diffusers": "0.31.0",
+    "onnxruntime": "1.23.2",
+}
+
+
+def test_doctor_package_checks_follow_the_dependency_policy():
+    """The doctor judges with pyproject's list and ranges (lib_dbchar.deps), not a list of its own."""
+    ok = check_packages(COMPLETE)
+    assert ok.ok and ok.detail.startswith("torch 2.1.2+cu121, numpy 1.26.2, pillow 9.5.0")
+    assert "onnxruntime" not in ok.detail  # it has its own check
+    assert check_onnxruntime_builds(COMPLETE) == Check("onnxruntime", True, "onnxruntime 1.23.2")
+
+    broken = {k: v for k, v in COMPLETE.items() if k != "diffusers"} | {"accelerate": "0.19.0"}
+    bad = check_packages(broken)
+    assert not bad.ok
+    assert "diffusers is missing: training, class images and checkpoint conversion unavailable" in bad.detail
+    assert "accelerate 0.19.0 is installed but dbchar needs accelerate>=0.21.0" in bad.detail
+    assert "Found: torch 2.1.2+cu121" in bad.detail
+
+
+def test_doctor_names_both_onnxruntime_builds_and_the_fix():
+    both = check_onnxruntime_builds(COMPLETE | {"onnxruntime-gpu": "1.23.2"})
+    assert not both.ok
+    assert "onnxruntime 1.23.2 and onnxruntime-gpu 1.23.2 are both installed" in both.detail
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu" in both.detail
+    assert check_packages(COMPLETE | {"onnxruntime-gpu": "1.23.2"}).ok  # reported once, by its own check
+    gpu_only = {k: v for k, v in COMPLETE.items() if k != "onnxruntime"} | {"onnxruntime-gpu": "1.20.1"}
+    assert check_onnxruntime_builds(gpu_only) == Check("onnxruntime", True, "onnxruntime-gpu 1.20.1")
+    missing = check_onnxruntime_builds({k: v for k, v in COMPLETE.items() if k != "onnxruntime"})
+    assert not missing.ok and "onnxruntime is missing: the WD14 tagger" in missing.detail
+
+
 def test_cli_help_lists_commands(capsys):
     with pytest.raises(SystemExit) as info:
         build_parser().parse_args(["--help"])
@@ -126,7 +167,9 @@ def test_cli_help_lists_commands(capsys):
 
 
 def test_cli_doctor_runs(tmp_path, capsys):
-    code = main(["doctor", "--models-dir", str(tmp_path), "--projects-dir", str(tmp_path / "p"), "--device", "cpu"])
+    code = main(
+        ["doctor", "--models-dir", str(tmp_path), "--projects-dir", str(tmp_path / "p"), "--device", "cpu"]
+    )
     out = capsys.readouterr().out
     assert "[ok] device: cpu" in out
     assert "[ok] packages" in out

@@ -32,15 +32,21 @@ VARIANT_BY_CHANNELS: Mapping[int, str] = {4: "standard", 9: "inpainting", 8: "in
 
 UNET_PREFIX = "model.diffusion_model."
 CONV_IN = UNET_PREFIX + "input_blocks.0.0.weight"
-_SENTINELS: tuple[tuple[str, str], ...] = (
+# The one sentinel table (lib_dbchar.checkpoint.kinds derives the kinds it converts from it):
+# (key, architecture), checked in order; the first key present decides. Text encoder keys come
+# first: they are what differs between the architectures.
+SENTINELS: tuple[tuple[str, str], ...] = (
     ("conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight", "sdxl"),
     ("conditioner.embedders.0.model.transformer.resblocks.0.attn.in_proj_weight", "sdxl_refiner"),
-    ("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", "sd2"),
-    ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", "sd1"),
+    ("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", "sd2"),  # OpenCLIP
+    ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", "sd1"),  # HF CLIP
+    ("cond_stage_model.transformer.embeddings.token_embedding.weight", "sd1"),  # old CLIP layout (NAI)
 )
 _LABEL_EMB = UNET_PREFIX + "label_emb.0.0.weight"
 _SDXL_REFINER_ADM = 2560  # the refiner's label_emb input width; the base model's is 2816
-_PROJ_IN = UNET_PREFIX + "input_blocks.1.1.proj_in.weight"
+# Without a text encoder (UNet-only files): SD2's transformers project with Linear layers (2-D
+# weights), SD1's with 1x1 convs (4-D).
+PROJ_IN = UNET_PREFIX + "input_blocks.1.1.proj_in.weight"
 _V_PRED_MARKER = "v_pred"
 _PARAMETERIZATION = re.compile(r"^\s*parameterization\s*:\s*[\"']?([A-Za-z_]+)", re.MULTILINE)
 _MODELSPEC_PREDICTION = "modelspec.prediction_type"
@@ -94,16 +100,28 @@ def detect_arch(shapes: Mapping[str, Sequence[int]]) -> str:
     Returns:
         One of :data:`ARCH_LABELS`' keys.
     """
-    for key, arch in _SENTINELS:
+    return detect_arch_by(shapes)[0]
+
+
+def detect_arch_by(shapes: Mapping[str, Sequence[int]]) -> tuple[str, str | None]:
+    """Like :func:`detect_arch`, plus the key that decided (for messages).
+
+    Args:
+        shapes: key -> shape; only ``in`` and ``get`` are used, so a lazy view of a state dict works.
+
+    Returns:
+        ``(arch, key)``; ``("unknown", None)`` when no rule applies.
+    """
+    for key, arch in SENTINELS:
         if key in shapes:
-            return arch
+            return arch, key
     label_emb = shapes.get(_LABEL_EMB)
     if label_emb is not None:
-        return "sdxl_refiner" if label_emb[-1] == _SDXL_REFINER_ADM else "sdxl"
-    proj_in = shapes.get(_PROJ_IN)
+        return ("sdxl_refiner" if label_emb[-1] == _SDXL_REFINER_ADM else "sdxl"), _LABEL_EMB
+    proj_in = shapes.get(PROJ_IN)
     if proj_in is not None:
-        return "sd2" if len(proj_in) == 2 else "sd1"
-    return "unknown"
+        return ("sd2" if len(proj_in) == 2 else "sd1"), PROJ_IN
+    return "unknown", None
 
 
 def detect_variant(shapes: Mapping[str, Sequence[int]]) -> tuple[str, int | None]:

@@ -6,19 +6,21 @@ from a ``.yaml`` beside the file, ``modelspec.prediction_type`` metadata or the 
 
 To add SDXL: a :class:`~lib_dbchar.checkpoint.unet.UNetLayout` for its 3 levels (plus a
 ``label_emb`` part), two text flavours under ``conditioner.embedders.{0,1}``, a :class:`KindSpec`
-here and its sentinel rows in :data:`SENTINELS` (today they raise "not supported yet").
+here; the sentinel keys are already in :data:`lib_dbchar.checkpoint.detect.SENTINELS` (the one
+table: today SDXL is recognised there and refused here as "not supported yet").
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from lib_dbchar.checkpoint.detect import ARCH_LABELS, PROJ_IN, SENTINELS, detect_arch_by
 from lib_dbchar.checkpoint.errors import UnsupportedCheckpoint
 from lib_dbchar.checkpoint.text import CLIP, OPENCLIP, TextFlavour
-from lib_dbchar.checkpoint.unet import LDM_UNET_PREFIX, SD_UNET, UNetLayout
+from lib_dbchar.checkpoint.unet import SD_UNET, UNetLayout
 
 
 @dataclass(frozen=True)
@@ -47,18 +49,24 @@ KINDS: Mapping[str, KindSpec] = MappingProxyType(
     }
 )
 
-# (key, kind) checked in order; the first key present decides. A kind of None means "recognised
-# but not supported", which raises. Text encoder keys come first: they are what differs.
-SENTINELS: tuple[tuple[str, str | None], ...] = (
-    ("conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight", None),  # SDXL base
-    ("conditioner.embedders.0.model.transformer.resblocks.0.attn.in_proj_weight", None),  # SDXL refiner
-    ("cond_stage_model.model.transformer.resblocks.0.attn.in_proj_weight", "sd2"),  # OpenCLIP
-    ("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", "sd1"),  # HF CLIP
-    ("cond_stage_model.transformer.embeddings.token_embedding.weight", "sd1"),  # old CLIP layout
-)
-# Without a text encoder (UNet-only files): SD2's transformers project with Linear layers (2-D
-# weights), SD1's with 1x1 convs (4-D).
-UNET_PROJ_IN = LDM_UNET_PREFIX + "input_blocks.1.1.proj_in.weight"
+
+class _ShapeView(Mapping):
+    """A state dict seen as key -> shape, without copying it (what the sentinel rules read)."""
+
+    def __init__(self, state_dict: Mapping[str, Any]) -> None:
+        self._state_dict = state_dict
+
+    def __getitem__(self, key: str) -> tuple[int, ...]:
+        return tuple(self._state_dict[key].shape)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._state_dict
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._state_dict)
+
+    def __len__(self) -> int:
+        return len(self._state_dict)
 
 
 def kind_spec(kind: str) -> KindSpec:
@@ -85,17 +93,15 @@ def detect_kind(state_dict: Mapping[str, Any]) -> str:
     Raises:
         UnsupportedCheckpoint: for SDXL, or when no Stable Diffusion sentinel key is present.
     """
-    for key, kind in SENTINELS:
-        if key in state_dict:
-            if kind is None:
-                raise UnsupportedCheckpoint(
-                    f"This is an SDXL checkpoint (it has {key!r}); dbchar converts SD1.x and SD2.x only."
-                )
-            return kind
-    proj_in = state_dict.get(UNET_PROJ_IN)
-    if proj_in is not None:
-        return "sd2" if proj_in.ndim == 2 else "sd1"
+    arch, key = detect_arch_by(_ShapeView(state_dict))
+    if arch in KINDS:
+        return arch
+    if arch != "unknown":
+        raise UnsupportedCheckpoint(
+            f"This is a {ARCH_LABELS[arch]} checkpoint ({arch.upper()}: it has {key!r}); "
+            "dbchar converts SD1.x and SD2.x only."
+        )
+    sd_keys = [k for k, a in SENTINELS if a in KINDS]
     raise UnsupportedCheckpoint(
-        "Not a Stable Diffusion 1.x/2.x checkpoint: none of "
-        f"{', '.join(key for key, _ in SENTINELS[2:])} or {UNET_PROJ_IN} is in it."
+        f"Not a Stable Diffusion 1.x/2.x checkpoint: none of {', '.join(sd_keys)} or {PROJ_IN} is in it."
     )

@@ -26,12 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lib_dbchar.train.model import pipeline_index
+from lib_dbchar.train.tokenizer import END, MAX_LENGTH, START, byte_characters, pad_token, write_vocab
 
 __all__ = ["TINY_PROMPT", "TinyModel", "build_tiny_sd"]
 
 TINY_PROMPT = "a photo of sks person"
-_MAX_LENGTH = 77
-_BOS, _EOS = "<|startoftext|>", "<|endoftext|>"
 
 _UNET = {
     "sample_size": 8,  # latents of a 64x64 image (the VAE downsamples 3 times)
@@ -63,7 +62,7 @@ _TEXT = {
     "hidden_size": 16,
     "intermediate_size": 64,
     "num_attention_heads": 2,
-    "max_position_embeddings": _MAX_LENGTH,
+    "max_position_embeddings": MAX_LENGTH,
     # diffusers' single-file loader splits SD2's fused q/k/v by projection_dim, which real SD2
     # has equal to the width; keep that true here.
     "projection_dim": 16,
@@ -147,9 +146,9 @@ def _build_modules(kind: str, seed: int) -> tuple:
     vocab = _vocab()
     text_config = CLIPTextConfig(
         vocab_size=len(vocab),
-        bos_token_id=vocab[_BOS],
-        eos_token_id=vocab[_EOS],
-        pad_token_id=vocab[_pad_token(kind)],
+        bos_token_id=vocab[START],
+        eos_token_id=vocab[END],
+        pad_token_id=vocab[pad_token(kind)],
         **_TEXT,
         **_TEXT_BY_KIND[kind],
     )
@@ -178,7 +177,7 @@ def _save_diffusers(folder: Path, unet, vae, text_encoder, *, kind: str, predict
     vae.save_pretrained(folder / "vae", safe_serialization=True)
     text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
     DDIMScheduler(**_SCHEDULER, prediction_type=prediction_type).save_pretrained(folder / "scheduler")
-    _write_tokenizer(folder / "tokenizer", kind)
+    write_vocab(folder / "tokenizer", _vocab(), [], model_kind=kind)
     index = {**pipeline_index(), "_diffusers_version": diffusers.__version__}
     (folder / "model_index.json").write_text(json.dumps(index, indent=2), encoding="utf-8")
 
@@ -197,43 +196,11 @@ def _save_single_file(path: Path, unet, vae, text_encoder, *, kind: str, predict
 # --- tokenizer -------------------------------------------------------------------------------
 # CLIP's tokenizer is byte-level BPE: text bytes are mapped to printable characters, each word
 # ends in "</w>", and merges join characters into longer tokens. With no merges at all, every
-# character is a token, so 256 characters + 256 "</w>" forms + 2 specials make a complete vocab.
-
-
-def _byte_characters() -> list[str]:
-    """One printable character per byte value, printable bytes first (GPT-2/CLIP's vocab order)."""
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    others = [b for b in range(256) if b not in printable]
-    # Non-printable bytes borrow characters from 256 upwards, in byte order.
-    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
+# character is a token, so 256 characters + 256 "</w>" forms + 2 specials make a complete vocab,
+# written by the trainer's own tokenizer writer.
 
 
 def _vocab() -> dict[str, int]:
-    chars = _byte_characters()
-    tokens = chars + [c + "</w>" for c in chars] + [_BOS, _EOS]
+    chars = byte_characters()
+    tokens = chars + [c + "</w>" for c in chars] + [START, END]
     return {token: i for i, token in enumerate(tokens)}
-
-
-def _pad_token(kind: str) -> str:
-    # SD1's tokenizer pads with the end token, SD2's with "!" (id 0): kept so padding code sees both.
-    return _EOS if kind == "sd1" else "!"
-
-
-def _write_tokenizer(folder: Path, kind: str) -> None:
-    """A character-level CLIP tokenizer that transformers 4.30 and 5.x both load from files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(_vocab(), ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    specials = {"bos_token": _BOS, "eos_token": _EOS, "unk_token": _EOS, "pad_token": _pad_token(kind)}
-    (folder / "special_tokens_map.json").write_text(json.dumps(specials), encoding="utf-8")
-    config = {
-        "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": _MAX_LENGTH,
-        "do_lower_case": True,
-        **specials,
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")

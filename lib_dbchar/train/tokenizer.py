@@ -21,7 +21,7 @@ import gzip
 import importlib.util
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,14 +197,42 @@ def write_tokenizer(source: TokenizerSource, folder: Path, *, model_kind: str) -
         ``folder``.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     if source.kind == "bpe":
         vocab, merges = vocab_from_bpe(source.path)
-        atomic_write(folder / "vocab.json", json.dumps(vocab, ensure_ascii=False))
-        atomic_write(folder / "merges.txt", "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    else:
-        for name in ("vocab.json", "merges.txt"):
-            shutil.copyfile(source.path / name, folder / name)
+        return write_vocab(folder, vocab, merges, model_kind=model_kind)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copyfile(source.path / name, folder / name)
+    _write_tokenizer_config(folder, model_kind)
+    return folder
+
+
+def write_vocab(
+    folder: Path, vocab: Mapping[str, int], merges: Sequence[tuple[str, str]], *, model_kind: str
+) -> Path:
+    """Write a ``CLIPTokenizer`` folder from a vocabulary and its merges (atomic writes).
+
+    Also what the tiny test models use: their vocabulary is the byte characters alone, with no
+    merges, which makes a complete character-level CLIP tokenizer.
+
+    Args:
+        folder: the target, created.
+        vocab: token -> id; must hold :data:`START` and :data:`END` (and ``!`` for SD2's padding).
+        merges: BPE merges in rank order (may be empty).
+        model_kind: ``"sd1"`` or ``"sd2"`` (decides the padding token).
+
+    Returns:
+        ``folder``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / "vocab.json", json.dumps(dict(vocab), ensure_ascii=False))
+    atomic_write(folder / "merges.txt", "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    _write_tokenizer_config(folder, model_kind)
+    return folder
+
+
+def _write_tokenizer_config(folder: Path, model_kind: str) -> None:
     specials = {"bos_token": START, "eos_token": END, "unk_token": END, "pad_token": pad_token(model_kind)}
     config = {
         "tokenizer_class": "CLIPTokenizer",
@@ -214,4 +242,3 @@ def write_tokenizer(source: TokenizerSource, folder: Path, *, model_kind: str) -
     }
     atomic_write(folder / "special_tokens_map.json", json.dumps(specials, indent=2) + "\n")
     atomic_write(folder / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
-    return folder

@@ -8,11 +8,23 @@
 
 Ctrl+C stops cleanly: the state (and a checkpoint) is saved and ``--resume`` continues. A second
 Ctrl+C ends the process at once.
+
+Several GPUs (data parallel, one process per GPU; :mod:`~lib_dbchar.train.distributed`)::
+
+    accelerate launch --multi_gpu --num_processes 2 -m lib_dbchar train PROJECT_OR_CONFIG
+    torchrun --nproc_per_node 2 -m lib_dbchar train PROJECT_OR_CONFIG
+
+``batch_size`` stays the whole step's batch (split among the processes), so the run trains what one
+process would, to rounding, and writes the same files (rank 0 writes them). Under a launcher Ctrl+C
+and SIGTERM both stop cleanly and a repeat is ignored: the launcher passes the signal on, and kills
+the processes itself if they take too long. The processes then exit with 130, which the launcher
+reports as a failure; the state is saved and ``--resume`` (with any number of processes) continues.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -20,7 +32,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-HELP = "train a Dreambooth checkpoint of a project's character (or resume a run)"
+HELP = (
+    "train a Dreambooth checkpoint of a project's character (or resume a run); "
+    "several GPUs: accelerate launch --multi_gpu --num_processes N -m lib_dbchar train ..."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -147,51 +162,71 @@ def _print_plan(spec: Any) -> None:
         sys.stdout.write(f"  - {line}\n")
 
 
-def _stop_on_ctrl_c() -> threading.Event:
-    """First Ctrl+C asks the loop to stop (state saved); the second one interrupts at once."""
+def _stop_on_ctrl_c(*, launched: bool = False) -> threading.Event:
+    """First Ctrl+C asks the loop to stop (state saved); the second one interrupts at once.
+
+    Under a launcher (``launched``) each process gets the terminal's Ctrl+C and then the same
+    signal again from the launcher, and a launcher stops its processes with SIGTERM: both signals
+    ask to stop, and repeats are ignored (the launcher kills processes that do not end in time).
+    """
     stop = threading.Event()
 
     def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            return
         stop.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        sys.stderr.write("\nStopping after this step (Ctrl+C again to abort without saving)...\n")
+        if not launched:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            sys.stderr.write("\nStopping after this step (Ctrl+C again to abort without saving)...\n")
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, handler)
+        if launched:
+            signal.signal(signal.SIGTERM, handler)
     return stop
 
 
 def run(args: argparse.Namespace) -> int:
     """Train; exit 0 when the run finished, 130 when stopped (resumable), 1 on an error, 2 on bad options."""
     from lib_dbchar.cli import _host
-    from lib_dbchar.jobs import JobContext, Progress
+    from lib_dbchar.jobs import JobContext, Progress, no_progress
+    from lib_dbchar.train.distributed import from_environ, process_group
     from lib_dbchar.train.loop import train
     from lib_dbchar.train.run import TrainingStopped
 
     host = _host(args)
     try:
+        processes = from_environ(os.environ)
         spec = build_spec(args, host)
     except (ValueError, FileNotFoundError) as exc:
         sys.stderr.write(f"dbchar train: {exc}\n")
         return 2
     if args.plan:
-        _print_plan(spec)
+        if processes.is_main:
+            _print_plan(spec)
         return 0
 
     def show(p: Progress) -> None:
         sys.stderr.write(f"\r  {p.done}/{p.total} {p.text[:90]:<90}")
         sys.stderr.flush()
 
-    previous = signal.getsignal(signal.SIGINT)
-    stop = _stop_on_ctrl_c()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop = _stop_on_ctrl_c(launched=processes.distributed)
     try:
-        result = train(spec, JobContext(progress=show, should_stop=stop.is_set), resume=args.resume)
+        with process_group(processes, spec.device) as group:
+            ctx = JobContext(progress=show if group.is_main else no_progress, should_stop=stop.is_set)
+            result = train(spec, ctx, resume=args.resume, processes=group)
     except TrainingStopped as stopped:
-        sys.stderr.write(f"\n{stopped}\nState: {stopped.result.state_file}\n")
+        if processes.is_main:
+            sys.stderr.write(f"\n{stopped}\nState: {stopped.result.state_file}\n")
         return 130
     finally:
         if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+            for sig, handler in previous.items():
+                fallback = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+                signal.signal(sig, handler if handler is not None else fallback)
+    if not processes.is_main:
+        return 0
     host.refresh_checkpoints()
     sys.stderr.write("\n")
     for line in result.warnings:

@@ -53,6 +53,7 @@ from lib_dbchar.train.data import (
     plan_batch,
     steps_per_epoch,
 )
+from lib_dbchar.train.distributed import SINGLE, Processes, balance_warning
 from lib_dbchar.train.guards import diverged, out_of_memory
 from lib_dbchar.train.model import (
     Components,
@@ -77,7 +78,7 @@ from lib_dbchar.train.run import (
     write_checkpoint_records,
 )
 from lib_dbchar.train.state import Counters, counters_from, load_state, save_state
-from lib_dbchar.train.tbevents import EventWriter
+from lib_dbchar.train.tbevents import EventWriter, trim_events
 from lib_dbchar.version import __version__
 
 log = logging.getLogger("dbchar.train")
@@ -210,9 +211,12 @@ class _Session:
     per_epoch: int
     target_step: int
     plan: StepsPlan
-    writer: EventWriter
+    writer: EventWriter | _NoWriter
     warnings: list[str]
     records: list[CheckpointRecord]
+    group: Processes = SINGLE
+    unet_forward: Any = None  # the UNet's forward (through DDP with several processes)
+    te_forward: Any = None  # the text encoder's, while it trains
     latents: dict[Path, tuple[Any, Any]] | None = None
     sampler: Any = None
     previews: list[str] = field(default_factory=list)
@@ -221,6 +225,16 @@ class _Session:
     last_preview_step: int | None = None
     last_loss: float | None = None
     step_seconds: list[float] = field(default_factory=list)
+
+
+class _NoWriter:
+    """The event writer of the processes other than rank 0 (only rank 0 writes logs)."""
+
+    def add_scalars(self, step: int, scalars: Any, *, wall_time: float | None = None) -> None:
+        """Nothing."""
+
+    def close(self) -> None:
+        """Nothing."""
 
 
 @dataclass(frozen=True)
@@ -235,7 +249,12 @@ def _no_event(_: TrainEvent) -> None:
 
 
 def train(
-    spec: RunSpec, ctx: JobContext | None = None, *, resume: bool = False, on_event: EventFn | None = None
+    spec: RunSpec,
+    ctx: JobContext | None = None,
+    *,
+    resume: bool = False,
+    on_event: EventFn | None = None,
+    processes: Processes = SINGLE,
 ) -> TrainResult:
     """Train a Dreambooth model with prior preservation.
 
@@ -247,6 +266,10 @@ def train(
             stopped; a finished one starts a new session on top, e.g. with more epochs).
         on_event: receives a :class:`~lib_dbchar.train.run.TrainEvent` per step, checkpoint and
             preview (the Train tab's live loss chart and gallery).
+        processes: this process's place in a multi-process run (``torchrun``/``accelerate launch``,
+            joined by :func:`~lib_dbchar.train.distributed.process_group`); see
+            :mod:`~lib_dbchar.train.distributed`. Only rank 0 reports progress, emits events and
+            writes; a stop asked in any process stops all at the same step.
 
     Returns:
         The :class:`~lib_dbchar.train.run.TrainResult` of a run that reached its end.
@@ -260,7 +283,11 @@ def train(
         TrainingOutOfMemory: the GPU ran out of memory (the switches to try).
         CheckpointError, TokenizerNotFound: the source model cannot be used.
     """
-    session = _prepare(spec, ctx or JobContext(), resume=resume, emit=on_event or _no_event)
+    ctx = ctx or JobContext()
+    emit = on_event or _no_event
+    if not processes.is_main:
+        ctx, emit = JobContext(should_stop=ctx.should_stop), _no_event
+    session = _prepare(spec, ctx, resume=resume, emit=emit, group=processes)
     try:
         return _run(session)
     finally:
@@ -270,9 +297,15 @@ def train(
 # --- preparing ---------------------------------------------------------------------------------
 
 
-def _validate(spec: RunSpec) -> TrainConfig:
+def _validate(spec: RunSpec, group: Processes) -> TrainConfig:
     config = validate_config(spec.config)
     validate_for_device(config, spec.device)
+    if group.distributed and config.optimizer_in_backward:
+        msg = (
+            f"TrainConfig.optimizer_in_backward: not possible with {group.world_size} processes (each "
+            "weight would step on its own process's gradient, before the average); turn it off."
+        )
+        raise ValueError(msg)
     if not spec.concepts:
         msg = "RunSpec.concepts: a run needs at least one concept; fill in the Concept tab."
         raise ValueError(msg)
@@ -284,33 +317,54 @@ def _validate(spec: RunSpec) -> TrainConfig:
     return config
 
 
-def _prepare(spec: RunSpec, ctx: JobContext, *, resume: bool, emit: EventFn) -> _Session:
+def _main_first(group: Processes, make: Any) -> Any:
+    """``make()`` on rank 0 first (it may write files), then on the others, which find them made."""
+    if group.is_main:
+        made = make()
+        group.barrier()
+        return made
+    group.barrier()
+    return make()
+
+
+def _prepare(spec: RunSpec, ctx: JobContext, *, resume: bool, emit: EventFn, group: Processes) -> _Session:
     import torch
 
-    config = _validate(spec)
+    config = _validate(spec, group)
     folders = RunFolders(spec.run_dir)
     state = _existing_state(folders, config, resume=resume, run=spec.name)
-    save_run_spec(spec)
+    if group.is_main:
+        save_run_spec(spec)
     data, warnings = load_concept_data(spec.concepts, spec.project_dir)
     if not any(c.images for c in data):
         folders_text = ", ".join(str(c.dataset_dir) for c in data)
         raise ValueError(f"Concept: no pictures in {folders_text}; add them in the Dataset tab.")
     ctx.report(0, 0, "Preparing the source model")
-    model = prepare_working_model(
-        Path(config.source_checkpoint).expanduser(),
-        folders.working,
-        prediction_type=config.prediction_type,
-        config_dir=spec.model_config_dir,
-        tokenizer_dir=spec.tokenizer_dir,
+    model = _main_first(
+        group,
+        lambda: prepare_working_model(
+            Path(config.source_checkpoint).expanduser(),
+            folders.working,
+            prediction_type=config.prediction_type,
+            config_dir=spec.model_config_dir,
+            tokenizer_dir=spec.tokenizer_dir,
+        ),
     )
     parts = load_components(model)
-    device = torch.device(spec.device)
+    device = torch.device(group.device(spec.device))
     try:
         _place_modules(parts, config, device)
         if config.prior_preservation:
-            data = _ensure_class_images(
-                spec, config=config, model=model, parts=parts, data=data, ctx=ctx, emit=emit
-            )
+            scanned = data
+
+            def class_images() -> list[ConceptData]:
+                # The other processes scan again: rank 0 has drawn the missing images meanwhile.
+                now = scanned if group.is_main else load_concept_data(spec.concepts, spec.project_dir)[0]
+                return _ensure_class_images(
+                    spec, config=config, model=model, parts=parts, data=now, ctx=ctx, emit=emit
+                )
+
+            data = _main_first(group, class_images)
     except Exception as exc:
         if _is_oom(exc):
             raise out_of_memory(
@@ -329,6 +383,7 @@ def _prepare(spec: RunSpec, ctx: JobContext, *, resume: bool, emit: EventFn) -> 
         device=device,
         state=state,
         warnings=warnings,
+        group=group,
     )
 
 
@@ -437,6 +492,7 @@ def _assemble(
     device: Any,
     state: dict[str, Any] | None,
     warnings: list[str],
+    group: Processes,
 ) -> _Session:
     """Optimizer, scaler, random generator, counters (fresh or from the state), logs."""
     import torch
@@ -459,6 +515,8 @@ def _assemble(
     )
     if fallback:
         warnings.append(fallback)
+    if balance_warning(config.batch_size, group):
+        warnings.append(balance_warning(config.batch_size, group))
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     counters = Counters()
     scaler = build_scaler(config, spec.device)
@@ -477,7 +535,11 @@ def _assemble(
         )
         last_state_step = counters.step
         records = [r for r in records if r.step <= counters.step]
-        truncate_loss_log(folders.loss_log, counters.step)
+        if group.is_main:
+            # The logs of a session that died after its last saved state go: the resumed session
+            # logs those steps again.
+            truncate_loss_log(folders.loss_log, counters.step)
+            trim_events(folders.tensorboard, counters.step)
     pool = sum(len(c.images) for c in data)
     per_epoch = steps_per_epoch(pool, config.batch_size)
     counts = [ConceptCounts(len(c.images), len(c.class_images), len(c.class_images)) for c in data]
@@ -501,11 +563,19 @@ def _assemble(
         per_epoch=per_epoch,
         target_step=counters.step + remaining_steps(counters, config, per_epoch),
         plan=plan_steps(config, counts),
-        writer=EventWriter(folders.tensorboard),
+        writer=EventWriter(folders.tensorboard) if group.is_main else _NoWriter(),
         warnings=warnings,
         records=records,
         last_state_step=last_state_step,
         last_checkpoint_step=records[-1].step if records else None,
+        group=group,
+        # Wrapped after the restore: DDP starts by copying rank 0's weights to the others.
+        unet_forward=group.wrap(parts.unet, static_graph=config.gradient_checkpointing),
+        te_forward=(
+            group.wrap(parts.text_encoder, static_graph=config.gradient_checkpointing)
+            if config.train_text_encoder
+            else parts.text_encoder
+        ),
     )
     if config.cache_latents:
         session.latents = _cache_latents(session)
@@ -585,8 +655,9 @@ def _announce(session: _Session) -> None:
         f"text encoder {'trained' if c.train_text_encoder else 'frozen'}",
         *s.warnings,
     ]
-    for line in lines:
-        log.info(line)
+    if s.group.is_main:
+        for line in lines:
+            log.info(line)
     s.emit(TrainEvent("message", s.counters.step, s.counters.epoch, {"text": "\n".join(lines)}))
 
 
@@ -630,41 +701,87 @@ def _text_encoder_active(config: TrainConfig, step: int) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class _Shard:
+    """This process's part of a step's batch.
+
+    Attributes:
+        samples: ``[pictures..., class images...]`` trained here.
+        rows: their rows in the whole batch (``None``: all of it, one process).
+        size: samples in the whole batch.
+        pictures: pictures in the whole batch (the global mean's divisor).
+        weight: 0 for a placeholder (a process left without a picture), else 1.
+    """
+
+    samples: tuple[Sample, ...]
+    rows: list[int] | None
+    size: int
+    pictures: int
+    weight: float = 1.0
+
+
+def _shard(group: Processes, batch: BatchPlan) -> _Shard:
+    """The samples of ``batch`` this process trains (the whole batch for one process)."""
+    pictures = len(batch.instance)
+    size = pictures + len(batch.prior)
+    positions = group.shard(pictures)
+    if positions is None:
+        return _Shard(batch.instance + batch.prior, None, size, pictures)
+    weight = 1.0 if positions else 0.0
+    positions = positions or [0]  # a placeholder: DDP needs every process to run the step
+    samples = tuple(batch.instance[i] for i in positions)
+    rows = list(positions)
+    if batch.prior:
+        samples += tuple(batch.prior[i] for i in positions)
+        rows += [pictures + i for i in positions]
+    return _Shard(samples, rows, size, pictures, weight)
+
+
 def _training_step(s: _Session, batch: BatchPlan, lr: float) -> StepLosses:
     """One optimisation step on one batch: the diffusion training objective.
 
     The batch is ``[pictures..., class images...]`` (prior preservation puts both in one forward
-    pass); the loss of each half is taken separately and summed with the prior loss weight.
+    pass); the loss of each half is taken separately and summed with the prior loss weight. With
+    several processes each trains its :func:`_shard` of the batch.
     """
-    samples = batch.instance + batch.prior
+    shard = _shard(s.group, batch)
     train_te = _text_encoder_active(s.config, s.counters.step)
     if s.config.train_text_encoder and not train_te and s.parts.text_encoder.training:
         s.parts.text_encoder.requires_grad_(False).eval()  # the stop-at step has passed
-    latents, noise, timesteps = _diffusion_inputs(s, samples)
-    prediction = _predict(s, samples, latents, noise, timesteps, train_te=train_te)
-    loss, instance, prior = _loss(s, prediction, latents, noise, timesteps, prior=bool(batch.prior))
+    latents, noise, timesteps = _diffusion_inputs(s, shard)
+    prediction = _predict(s, shard.samples, latents, noise, timesteps, train_te=train_te)
+    loss, losses = _loss(s, prediction, latents, noise, timesteps, prior=bool(batch.prior), shard=shard)
     _optimizer_step(s, loss, lr)
-    return StepLosses(float(loss.detach()), instance, prior)
+    return losses
 
 
-def _diffusion_inputs(s: _Session, samples: Sequence[Sample]) -> tuple[Any, Any, Any]:
-    """Latents x0, noise eps and timesteps t of a batch (every draw from the run's generator)."""
+def _rows(tensor: Any, rows: list[int] | None) -> Any:
+    return tensor if rows is None else tensor[rows]
+
+
+def _diffusion_inputs(s: _Session, shard: _Shard) -> tuple[Any, Any, Any]:
+    """Latents x0, noise eps and timesteps t of a batch (every draw from the run's generator).
+
+    The draws are made for the whole batch, in the same order whatever the number of processes,
+    and each process keeps its rows: the numbers equal a one-process run's.
+    """
     import torch
 
     gen = s.generator
     # 1. Latents x0: the VAE's distribution for each image, sampled with the run's generator (the
     #    draw belongs to the resumable random stream), scaled to unit variance as SD expects.
-    mean, std = _latent_distribution(s, samples)
-    draw = torch.randn(mean.shape, generator=gen).to(s.device)
+    mean, std = _latent_distribution(s, shard.samples)
+    shape = (shard.size, *mean.shape[1:])
+    draw = _rows(torch.randn(shape, generator=gen), shard.rows).to(s.device)
     latents = (mean + std * draw) * s.parts.vae.config.scaling_factor
     # 2. Noise eps ~ N(0, I), plus an optional per-channel offset so very dark or bright images can
     #    be learnt; and a random timestep t per sample. Drawn on the CPU: same numbers on any device.
-    noise = torch.randn(latents.shape, generator=gen)
+    noise = torch.randn(shape, generator=gen)
     if s.config.offset_noise:
-        noise = noise + s.config.offset_noise * torch.randn((*latents.shape[:2], 1, 1), generator=gen)
+        noise = noise + s.config.offset_noise * torch.randn((*shape[:2], 1, 1), generator=gen)
     steps_total = s.noise_scheduler.config.num_train_timesteps
-    timesteps = torch.randint(0, steps_total, (latents.shape[0],), generator=gen)
-    return latents, noise.to(s.device), timesteps.to(s.device)
+    timesteps = torch.randint(0, steps_total, (shape[0],), generator=gen)
+    return latents, _rows(noise, shard.rows).to(s.device), _rows(timesteps, shard.rows).to(s.device)
 
 
 def _predict(
@@ -683,16 +800,19 @@ def _predict(
     with _autocast(s):
         with contextlib.nullcontext() if train_te else torch.no_grad():
             conditioning = text.encode(
-                parts.text_encoder, tokens, clip_skip=config.clip_skip, device=s.device
+                s.te_forward if train_te else parts.text_encoder,
+                tokens,
+                clip_skip=config.clip_skip,
+                device=s.device,
             )
         # 5. The UNet predicts from (x_t, t, conditioning), under autocast; weights stay fp32.
-        return parts.unet(noisy, timesteps, conditioning).sample
+        return s.unet_forward(noisy, timesteps, conditioning).sample
 
 
 def _loss(
-    s: _Session, prediction: Any, latents: Any, noise: Any, timesteps: Any, *, prior: bool
-) -> tuple[Any, float, float | None]:
-    """``(loss, instance loss, prior loss)``; raises :class:`TrainingDiverged` on NaN/inf."""
+    s: _Session, prediction: Any, latents: Any, noise: Any, timesteps: Any, *, prior: bool, shard: _Shard
+) -> tuple[Any, StepLosses]:
+    """The loss to back-propagate and the step's losses; raises :class:`TrainingDiverged` on NaN/inf."""
     import torch.nn.functional as F
 
     config = s.config
@@ -711,12 +831,20 @@ def _loss(
             alphas, timesteps, config.min_snr_gamma, s.model.prediction_type
         )
     instance, prior_loss = per_sample.chunk(2) if prior else (per_sample, None)
-    loss = instance.mean()
-    if prior_loss is not None:
-        loss = loss + config.prior_loss_weight * prior_loss.mean()
+    if shard.rows is None:
+        loss = instance.mean()
+        if prior_loss is not None:
+            loss = loss + config.prior_loss_weight * prior_loss.mean()
+        values = StepLosses(
+            float(loss.detach()),
+            float(instance.mean().detach()),
+            float(prior_loss.mean().detach()) if prior_loss is not None else None,
+        )
+    else:
+        loss, values = _shared_loss(s, instance, prior_loss, shard)
     # The one host sync of the step: the value is needed for the log and the NaN guard, and
     # checking before backward() means a bad step never reaches the weights.
-    if not math.isfinite(float(loss.detach())):
+    if not math.isfinite(values.loss):
         raise diverged(
             config,
             step=s.counters.step + 1,
@@ -724,8 +852,25 @@ def _loss(
             last_state_step=s.last_state_step,
             weights_finite=_weights_finite(s),
         )
-    prior_value = float(prior_loss.mean().detach()) if prior_loss is not None else None
-    return loss, float(instance.mean().detach()), prior_value
+    return loss, values
+
+
+def _shared_loss(s: _Session, instance: Any, prior: Any, shard: _Shard) -> tuple[Any, StepLosses]:
+    """This process's share of the step's loss, and the step's losses over all processes.
+
+    The one-process loss is ``sum(instance) / B + w * sum(prior) / B`` over the ``B`` pictures of
+    the batch. Each process back-propagates ``N / B`` times its own sums (0 for a placeholder);
+    DDP averages the N gradients, which gives the gradient of the one-process loss.
+    """
+    weight = s.config.prior_loss_weight
+    local = instance.sum() if prior is None else instance.sum() + weight * prior.sum()
+    loss = local * (shard.weight * s.group.world_size / shard.pictures)
+    mine = [float(instance.sum().detach()), float(prior.sum().detach()) if prior is not None else 0.0]
+    sums = s.group.sum(mine if shard.weight else [0.0, 0.0])
+    mean_instance, mean_prior = sums[0] / shard.pictures, sums[1] / shard.pictures
+    if prior is None:
+        return loss, StepLosses(mean_instance, mean_instance, None)
+    return loss, StepLosses(mean_instance + weight * mean_prior, mean_instance, mean_prior)
 
 
 def _optimizer_step(s: _Session, loss: Any, lr: float) -> None:
@@ -769,7 +914,7 @@ def _run(s: _Session) -> TrainResult:
     schedule_length = s.target_step - counters.session_step
     with _loss_log(s) as loss_log:
         while counters.step < s.target_step:
-            if s.ctx.should_stop():
+            if s.group.any(s.ctx.should_stop()):  # all processes stop at the same step
                 _stop(s, started)
             batch = plan_batch(
                 s.data,
@@ -805,6 +950,9 @@ def _run(s: _Session) -> TrainResult:
 
 @contextlib.contextmanager
 def _loss_log(s: _Session) -> Iterator[Any]:
+    if not s.group.is_main:
+        yield None
+        return
     s.folders.loss_log.parent.mkdir(parents=True, exist_ok=True)
     with open(s.folders.loss_log, "a", encoding="utf-8") as handle:  # noqa: PTH123
         yield handle
@@ -825,8 +973,9 @@ def _record_step(s: _Session, loss_log: Any, losses: StepLosses, lr: float) -> N
     if losses.prior is not None:
         record["prior_loss"] = losses.prior
         scalars["loss_prior"] = losses.prior
-    loss_log.write(json.dumps(record) + "\n")
-    loss_log.flush()
+    if loss_log is not None:
+        loss_log.write(json.dumps(record) + "\n")
+        loss_log.flush()
     s.writer.add_scalars(c.step, scalars)
     done, total = c.step - c.session_step, s.target_step - c.session_step
     s.ctx.report(done, total, f"Step {c.step} (epoch {c.epoch + 1}), loss {losses.loss:.4f}")
@@ -838,6 +987,8 @@ def _epochs_counted(s: _Session) -> int:
 
 
 def _end_of_epoch(s: _Session) -> None:
+    if not s.group.is_main:
+        return  # the others go on to the next step and wait for rank 0 in its first collective
     config, counted = s.config, _epochs_counted(s)
     if config.save_every_epochs and counted % config.save_every_epochs == 0:
         _save_checkpoint(s)
@@ -847,20 +998,25 @@ def _end_of_epoch(s: _Session) -> None:
 
 
 def _finish(s: _Session, started: float) -> TrainResult:
-    if s.last_checkpoint_step != s.counters.step:
-        _save_checkpoint(s)
-    if s.last_preview_step != s.counters.step and s.config.preview_every_epochs:
-        _make_previews(s)
-    _save_state(s, "finished")
+    if s.group.is_main:
+        if s.last_checkpoint_step != s.counters.step:
+            _save_checkpoint(s)
+        if s.last_preview_step != s.counters.step and s.config.preview_every_epochs:
+            _make_previews(s)
+        _save_state(s, "finished")
+    # A launcher ends every process once one has ended: the others wait for rank 0's last writes.
+    s.group.barrier()
     return _result(s, "finished", started)
 
 
 def _stop(s: _Session, started: float) -> None:
     """Save everything and raise :class:`TrainingStopped` (the user asked to stop)."""
-    if s.config.save_on_stop and s.counters.step and s.last_checkpoint_step != s.counters.step:
-        _save_checkpoint(s)
-    if s.counters.step:
-        _save_state(s, "interrupted")
+    if s.group.is_main:
+        if s.config.save_on_stop and s.counters.step and s.last_checkpoint_step != s.counters.step:
+            _save_checkpoint(s)
+        if s.counters.step:
+            _save_state(s, "interrupted")
+    s.group.barrier()
     result = _result(s, "stopped", started)
     raise TrainingStopped(f"Training stopped at step {s.counters.step}; resume to continue.", result)
 
@@ -995,7 +1151,8 @@ def _result(s: _Session, status: str, started: float) -> TrainResult:
         last_loss=s.last_loss,
         warnings=list(s.warnings),
     )
-    atomic_write(f.result_file, json.dumps(result.to_dict(), indent=2) + "\n")
+    if s.group.is_main:
+        atomic_write(f.result_file, json.dumps(result.to_dict(), indent=2) + "\n")
     return result
 
 

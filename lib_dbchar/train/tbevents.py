@@ -11,7 +11,8 @@ for scalars is small enough to write by hand:
 * ``Summary``: repeated ``value`` (1, message); ``Summary.Value``: ``tag`` (1, string),
   ``simple_value`` (2, float).
 
-:func:`read_scalars` reads such files back (tests, and the Train tab's loss chart).
+:func:`read_scalars` reads such files back (tests, and the Train tab's loss chart); :func:`trim_events`
+drops the records past the step a run resumes from.
 """
 
 from __future__ import annotations
@@ -168,9 +169,8 @@ def _fields(data: bytes) -> Iterator[tuple[int, int, object]]:
         yield number, wire, value
 
 
-def records(path: Path) -> Iterator[bytes]:
-    """The record payloads of a TFRecord file; stops at a truncated or corrupt record."""
-    data = Path(path).read_bytes()
+def _frames(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """``(start, end, payload)`` of each whole record in ``data``; stops at a truncated or corrupt one."""
     pos = 0
     while pos + 12 <= len(data):
         (length,) = struct.unpack_from("<Q", data, pos)
@@ -181,8 +181,50 @@ def records(path: Path) -> Iterator[bytes]:
         (crc,) = struct.unpack_from("<I", data, pos + 12 + length)
         if crc != masked_crc(payload):
             return
-        yield payload
+        yield pos, end, payload
         pos = end
+
+
+def records(path: Path) -> Iterator[bytes]:
+    """The record payloads of a TFRecord file; stops at a truncated or corrupt record."""
+    for _, _, payload in _frames(Path(path).read_bytes()):
+        yield payload
+
+
+def event_step(payload: bytes) -> int:
+    """The ``step`` of a serialised ``Event`` (0 when the field is absent, as protobuf reads it)."""
+    for number, wire, value in _fields(payload):
+        if number == 2 and wire == 0:
+            return int(value)  # type: ignore[arg-type]
+    return 0
+
+
+def trim_events(folder: Path, step: int) -> list[Path]:
+    """Drop every record after ``step`` from the event files of ``folder`` (a resume from ``step``).
+
+    A session that died (or was stopped) after its last saved state logged steps the resumed
+    session will log again; left in place, TensorBoard would draw both. Each file holding a record
+    past ``step`` -- or a record torn by a kill -- is rewritten atomically (temporary file + rename)
+    with the records up to ``step`` in their order, bytes unchanged; the file-version record (step 0)
+    always stays. The resumed session then writes its own new file.
+
+    Args:
+        folder: the TensorBoard folder (``logging/dreambooth``); a missing folder is nothing to do.
+        step: the step the run resumes from; records with a larger step go.
+
+    Returns:
+        The files rewritten.
+    """
+    from lib_dbchar.paths import atomic_write
+
+    changed = []
+    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        kept = b"".join(data[a:b] for a, b, payload in _frames(data) if event_step(payload) <= step)
+        if kept != data:
+            atomic_write(path, kept)
+            changed.append(path)
+    return changed
 
 
 def read_scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:

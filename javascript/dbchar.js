@@ -39,6 +39,40 @@ function dbcharSubmitJob(statusId, inputCount, args) {
 }
 
 /**
+ * Show dbchar's Merge sub-tab ("Pick a checkpoint" calls this after handing a checkpoint over).
+ *
+ * Gradio gives the tab buttons no ids, so the button is found by the position of the Merge tab's
+ * panel (id dbchar-tab-merge) among the panels of #dbchar-tabs, with the button's text as a
+ * fallback. Inside the webui the dbchar top tab is already the one shown (the send button is on it).
+ *
+ * @returns {boolean} true when the Merge tab was selected.
+ */
+function dbcharOpenMergeTab() {
+    var tabs = dbcharRoot().querySelector("#dbchar-tabs");
+    if (!tabs) {
+        return false;
+    }
+    var nav = tabs.querySelector(":scope > .tab-nav");
+    var buttons = nav ? Array.prototype.slice.call(nav.querySelectorAll(":scope > button")) : [];
+    var panels = Array.prototype.slice.call(tabs.querySelectorAll(":scope > .tabitem"));
+    var index = panels.findIndex(function(panel) {
+        return panel.id === "dbchar-tab-merge";
+    });
+    var button = index >= 0 && index < buttons.length ? buttons[index] : null;
+    if (!button) {
+        button = buttons.find(function(b) {
+            return b.textContent.trim() === "Merge";
+        }) || null;
+    }
+    if (!button) {
+        return false;
+    }
+    button.click();
+    tabs.scrollIntoView({behavior: "smooth", block: "start"});
+    return true;
+}
+
+/**
  * Once per page: mark the dbchar tabs as scripted (CSS and tests can rely on the class).
  * Guarded because the webui may call its load hooks again, and the standalone page runs this
  * file from its own load event.

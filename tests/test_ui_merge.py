@@ -32,25 +32,13 @@ from lib_dbchar.ui.merge_wizard import (
     suggest_roles,
 )
 from lib_dbchar.ui.tabs import merge as merge_tab
+from tests.kit.sdfiles import nudged, write_models
 
 pytestmark = pytest.mark.filterwarnings("ignore:\\s*on_event is deprecated:DeprecationWarning")
 
 ADD_DIFF = METHOD_LABELS["add_difference"]
 WEIGHTED = METHOD_LABELS["weighted_sum"]
 LORA = METHOD_LABELS["lora"]
-
-
-def nudged(sd: dict, scale: float, seed: int) -> dict:
-    """Every float tensor plus noise of ``scale`` times its RMS (relative distance ~ ``scale``)."""
-    gen = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, value in sd.items():
-        if value.is_floating_point():
-            rms = value.float().pow(2).mean().sqrt()
-            out[key] = (value.float() + torch.randn(value.shape, generator=gen) * rms * scale).to(value.dtype)
-        else:
-            out[key] = value
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +66,7 @@ class CountingHost(StandaloneHost):
 def host(tmp_path, inputs, tiny_sd2) -> CountingHost:
     models = tmp_path / "models" / "Stable-diffusion"
     models.mkdir(parents=True)
-    for name, sd in inputs.items():
-        safetensors.torch.save_file(sd, str(models / f"{name}.safetensors"))
+    write_models(models, inputs)
     (models / "sd2.safetensors").write_bytes(Path(tiny_sd2.single_file).read_bytes())
     return CountingHost(
         models, Settings(projects_dir=str(tmp_path / "projects")), device="cpu", home=tmp_path / "home"
@@ -314,7 +301,7 @@ def test_roles_are_prefilled_from_the_projects_runs(host):
     assert tab.primary.value == "neeko_800.safetensors"
     assert tab.tertiary.value == "sd15.safetensors"
     # Refresh keeps what the user chose and fills only what is empty.
-    primary, secondary, tertiary, note = tab.refresh("neeko", "anything.safetensors", ["gone"], None)
+    primary, secondary, tertiary, note, _vaes = tab.refresh("neeko", "anything.safetensors", ["gone"], None)
     assert primary["value"] == "anything.safetensors"
     assert secondary["value"] == []
     assert tertiary["value"] == "sd15.safetensors"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,11 @@ from lib_dbchar.settings import Settings
 
 #: The upscaler every host has: Pillow's Lanczos resampling.
 LANCZOS = "Lanczos"
+#: The webui's folder names under ``models/``: LoRA networks and VAEs.
+LORA_FOLDER = "Lora"
+VAE_FOLDER = "VAE"
+#: What the webui lists as VAE files (in a VAE folder; beside checkpoints only with ``.vae`` before it).
+VAE_SUFFIXES = (".safetensors", ".ckpt", ".pt")
 
 
 def lanczos_resize(image: Any, scale: float) -> Any:
@@ -30,6 +36,11 @@ def lanczos_resize(image: Any, scale: float) -> Any:
         raise ValueError(f"upscale factor {scale!r} must be above 0")
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def natural_sort_key(text: str) -> list[Any]:
+    """Sort key putting "vae2" before "vae10" (digit runs compare as numbers), case-insensitive."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,26 @@ class Host(abc.ABC):
     @abc.abstractmethod
     def refresh_checkpoints(self) -> None:
         """Rescan after we wrote a checkpoint, so it appears in the host's dropdowns."""
+
+    def lora_dir(self) -> Path:
+        """Where LoRA files go so that the host's LoRA network list shows them.
+
+        The default is the webui's layout, ``Lora`` beside the checkpoint folder: never inside it,
+        because a LoRA listed among the checkpoints would fail to load as one.
+        """
+        return self.checkpoint_dir().parent / LORA_FOLDER
+
+    def vae_files(self) -> list[Path]:
+        """The VAE files the host offers (for "Bake in VAE"), in the host's order; none by default."""
+        return []
+
+    def known_hashes(self) -> dict[str, str]:
+        """Full-file SHA-256 (hex) of checkpoints the host has already hashed, keyed by file path.
+
+        Handed to the merge as ``known_hashes`` so the recipe names its inputs by the same hashes the
+        host shows, without hashing gigabytes again. Nothing is computed here; none by default.
+        """
+        return {}
 
     def find_checkpoint(self, title_or_path: str) -> CheckpointRef | None:
         """Resolve a dropdown title (with or without ``[hash]``), a file name or a path."""

@@ -32,7 +32,14 @@ from typing import Any
 
 from lib_dbchar.config import from_dict, specs
 from lib_dbchar.errors import DbcharError
-from lib_dbchar.host.base import LANCZOS, CheckpointRef, Host, lanczos_resize
+from lib_dbchar.host.base import (
+    LANCZOS,
+    LORA_FOLDER,
+    CheckpointRef,
+    Host,
+    lanczos_resize,
+    natural_sort_key,
+)
 from lib_dbchar.jobs import JobContext, Progress, ProgressFn
 from lib_dbchar.settings import WEBUI_OPTION_KEYS, Settings
 from lib_dbchar.version import __version__
@@ -73,6 +80,47 @@ class WebuiHost(Host):
         from modules import shared
 
         shared.refresh_checkpoints()
+
+    def lora_dir(self) -> Path:
+        """``--lora-dir`` (the built-in Lora extension adds that flag, default ``models/Lora``).
+
+        Without that extension (disabled, or a fork without it) the flag does not exist; the
+        default folder is used then.
+        """
+        from modules import paths, shared
+
+        return Path(getattr(shared.cmd_opts, "lora_dir", None) or Path(paths.models_path) / LORA_FOLDER)
+
+    def vae_files(self) -> list[Path]:
+        """The files of the webui's "SD VAE" dropdown: ``sd_vae.vae_dict`` after a rescan.
+
+        The rescan (``sd_vae.refresh_vae_list()``, what the refresh button beside that dropdown
+        does) covers ``models/VAE``, ``--vae-dir`` and the ``*.vae.*`` files among the checkpoints
+        (``models/Stable-diffusion`` and ``--ckpt-dir``). A host without that module lists none.
+        """
+        try:
+            from modules import sd_vae
+        except ImportError:  # a fork that moved the VAE list; "Bake in VAE" keeps its path box
+            return []
+        sd_vae.refresh_vae_list()
+        # By name: the webui's dict keeps the scan order (its sort does not reorder existing keys).
+        return [Path(sd_vae.vae_dict[name]) for name in sorted(sd_vae.vae_dict, key=natural_sort_key)]
+
+    def known_hashes(self) -> dict[str, str]:
+        """SHA-256 of the listed checkpoints the webui has in its hash cache, still valid, by path.
+
+        Read with ``hashes.sha256_from_cache`` under the title the webui hashes checkpoints with
+        (``checkpoint/<name>``), which also rejects an entry older than the file. Nothing is hashed
+        here; the merge hashes the rest the way the webui does.
+        """
+        from modules import hashes, sd_models
+
+        known = {}
+        for info in list(sd_models.checkpoints_list.values()):
+            sha256 = hashes.sha256_from_cache(info.filename, f"checkpoint/{info.name}")
+            if sha256:
+                known[str(Path(info.filename))] = sha256
+        return known
 
     # -- compute -----------------------------------------------------------------------------
     def device(self) -> str:

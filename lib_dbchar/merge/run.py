@@ -218,6 +218,7 @@ def run_merge(
     vae: Path | str | None = None,
     overwrite: bool = False,
     known_hashes: Mapping[str, str] | None = None,
+    known_names: Mapping[str, str] | None = None,
     ctx: JobContext | None = None,
 ) -> MergeResult:
     """Merge A, B (and C) into a new ``.safetensors`` checkpoint, one tensor at a time.
@@ -233,6 +234,8 @@ def run_merge(
         overwrite: replace an existing ``out`` (and ``.yaml`` beside it) atomically.
         known_hashes: path -> SHA-256 the host already knows (the webui caches them); the others
             are computed when the recipe is recorded.
+        known_names: path -> the name the host lists the file under (the webui names a file in a
+            sub-folder ``anime/x.safetensors``); the others are named by their file name.
         ctx: progress per tensor (and per 4 MiB while hashing); stop requests between tensors.
 
     Returns:
@@ -268,7 +271,7 @@ def run_merge(
         config_file = _config_to_copy(config, paths)
         _check_target(target, config_file, paths, overwrite=overwrite)
         _check_free_space(target, plan.nbytes)
-        identities = _identities(config, readers, known_hashes or {}, ctx)
+        identities = _identities(config, readers, known_hashes or {}, known_names or {}, ctx)
         recipe = dbchar_recipe(config, identities, paths.get("vae"), plan)
         metadata = _metadata(config, identities, recipe, plan, target, vae=paths.get("vae"))
         _write(plan, inputs, config, target, metadata, overwrite=overwrite, ctx=ctx)
@@ -355,16 +358,22 @@ def _check_free_space(target: Path, nbytes: int) -> None:
 
 
 def _identities(
-    config: MergeConfig, readers: Mapping[str, CheckpointReader], known: Mapping[str, str], ctx: JobContext
+    config: MergeConfig,
+    readers: Mapping[str, CheckpointReader],
+    known: Mapping[str, str],
+    names: Mapping[str, str],
+    ctx: JobContext,
 ) -> dict[str, ModelIdentity]:
     hashing = config.save_metadata and config.add_merge_recipe
     known_resolved = {str(Path(k).resolve()): v for k, v in known.items()}
+    names_resolved = {str(Path(k).resolve()): v for k, v in names.items()}
     return {
         role: identify(
             reader.path,
             reader.metadata,
             sha256=known_resolved.get(str(reader.path.resolve())),
             compute_sha256=hashing,
+            name=names_resolved.get(str(reader.path.resolve())),
             ctx=ctx,
         )
         for role, reader in readers.items()

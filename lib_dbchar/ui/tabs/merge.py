@@ -6,13 +6,19 @@ runs when they are known. "Check" runs :func:`~lib_dbchar.merge.lineage.check_de
 plain words whether the Tertiary model is the one the Primary was trained from. "Merge" runs
 :func:`~lib_dbchar.merge.run.run_merge` once per Secondary model (or
 :func:`~lib_dbchar.merge.lora.run_extract_lora` once) as a job of the host, writes into the host's
-checkpoint folder and refreshes the host's list. Naming rules and pre-filling live in
+checkpoint folder (a LoRA into the host's LoRA folder) and refreshes the host's list; with
+"Preview" ticked it then draws one picture per result beside its Secondary model (same prompt and
+seed) with :func:`lib_dbchar.pick.render.open_renderer`, the host's model moved off the GPU
+meanwhile. A checkpoint sent by "Pick a checkpoint" (the page's hidden hand-off box) fills Primary
+and Tertiary. Naming rules, pre-filling, the hand-off and the preview's logic live in
 :mod:`lib_dbchar.ui.merge_wizard`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +27,7 @@ from lib_dbchar.jobs import JobContext, Progress
 from lib_dbchar.merge.lineage import check_descent
 from lib_dbchar.merge.lora import LoraConfig, run_extract_lora
 from lib_dbchar.merge.run import MergeConfig, run_merge
-from lib_dbchar.projects import open_project
+from lib_dbchar.projects import Project, open_project
 from lib_dbchar.ui import compat
 from lib_dbchar.ui.compat import gr
 from lib_dbchar.ui.context import UiContext
@@ -32,20 +38,29 @@ from lib_dbchar.ui.merge_wizard import (
     ADD_DIFFERENCE,
     LORA,
     METHOD_LABELS,
+    NO_VAE,
     WEIGHTED_SUM,
+    Preview,
+    PreviewSettings,
     Suggestion,
     check_choice,
+    chosen_vae,
     descent_text,
+    handoff_roles,
+    host_names,
     method_from_label,
     output_paths,
     output_stems,
+    parse_handoff,
+    preview_prompts,
     read_runs,
+    render_previews,
     suggest_roles,
+    vae_choices,
 )
+from lib_dbchar.ui.messages import message_html
 
 TITLE = "Merge"
-#: The webui keeps LoRA files in ``models/Lora``, beside ``models/Stable-diffusion``.
-LORA_FOLDER = "Lora"
 
 INTRO = (
     "Move the character onto any other model with an **Add difference** merge, as the guide does in the "
@@ -54,12 +69,30 @@ INTRO = (
 )
 
 
-def lora_folder(checkpoint_dir: Path) -> Path:
-    """Where an extracted LoRA goes: ``Lora`` beside the checkpoint folder (the webui's ``models/Lora``).
+def default_open_renderer(**kwargs: Any) -> Any:
+    """:func:`lib_dbchar.pick.render.open_renderer`, imported when a preview is drawn (torch, diffusers)."""
+    from lib_dbchar.pick.render import open_renderer
 
-    Outside the checkpoint folder on purpose: a LoRA listed among the checkpoints would fail to load.
-    """
-    return Path(checkpoint_dir).parent / LORA_FOLDER
+    return open_renderer(**kwargs)
+
+
+def torch_dtype(device: str, dtype: str) -> Any:
+    """The renderer's dtype for the host's: None (float32) on the CPU, else ``torch.<dtype>``."""
+    if device == "cpu" or dtype == "float32":
+        return None
+    import torch
+
+    return getattr(torch, dtype)
+
+
+def with_choices(titles: Sequence[str], *values: Any) -> list[str]:
+    """``titles`` plus any value that is a file path outside them (a hand-off used by path)."""
+    extra = [
+        str(v)
+        for v in values
+        if isinstance(v, str) and v and v not in titles and Path(v).expanduser().is_file()
+    ]
+    return [*titles, *dict.fromkeys(extra)]
 
 
 def _form_without(name: str, cls: type, excluded: tuple[str, ...]) -> Form:
@@ -87,15 +120,23 @@ class MergeTab:
     """Render the wizard, then bind its buttons.
 
     Attributes (after :meth:`render`): the role dropdowns ``primary``, ``secondary`` (several),
-    ``tertiary``; ``method`` (radio), ``name``, ``vae``, ``overwrite``; ``form`` (MergeConfig
-    minus method) and ``lora_form`` (LoraConfig minus fp16); ``check_output``, ``result``,
-    ``recipe``, ``status``. After :meth:`register`: ``check_binding`` and ``merge_binding``.
+    ``tertiary``; ``method`` (radio), ``name``, ``vae_choice`` (the host's VAE files) and ``vae``
+    (a path box for any other file), ``overwrite``; ``form`` (MergeConfig minus method),
+    ``lora_form`` (LoraConfig minus fp16) and ``preview_form`` (:class:`PreviewSettings`);
+    ``check_output``, ``result``, ``recipe``, ``gallery`` (the preview), ``status``. After
+    :meth:`register`: ``check_binding`` and ``merge_binding``.
+
+    ``open_renderer`` is what draws the preview (``open_renderer(checkpoint=, device=, dtype=,
+    scheduler=)``, :func:`lib_dbchar.pick.render.open_renderer` by default); tests give it a model
+    folder describing their tiny models.
     """
 
     def __init__(self, ctx: UiContext) -> None:
         self.ctx = ctx
         self.form: Form = _form_without("merge-config", MergeConfig, ("method",))
         self.lora_form: Form = _form_without("merge-lora", LoraConfig, ("fp16",))
+        self.preview_form: Form = Form("merge-preview", PreviewSettings)
+        self.open_renderer: Callable[..., Any] = default_open_renderer
         self.check_binding: JobBinding | None = None
         self.merge_binding: JobBinding | None = None
 
@@ -150,9 +191,16 @@ class MergeTab:
                 info="Saved as <name>.safetensors; with several Secondary models, <name>-<secondary>.",
                 elem_id=elem_id("merge", "name"),
             )
-            self.vae = gr.Textbox(
+            self.vae_choice = gr.Dropdown(
+                choices=vae_choices(self.ctx.host.vae_files()),
+                value=NO_VAE,
                 label="Bake in VAE",
-                placeholder="path to a VAE file (empty: keep the Primary model's VAE)",
+                info="None: keep the Primary model's VAE.",
+                elem_id=elem_id("merge", "vae-choice"),
+            )
+            self.vae = gr.Textbox(
+                label="Other VAE file",
+                placeholder="path to a VAE file not in the list (empty: use the list)",
                 elem_id=elem_id("merge", "vae"),
             )
             self.overwrite = gr.Checkbox(
@@ -163,6 +211,9 @@ class MergeTab:
         with gr.Accordion("LoRA settings", open=True, visible=False, elem_id=elem_id("merge", "lora")) as acc:
             self.lora_box = acc
             self.lora_form.render()
+        with gr.Accordion("Preview", open=False, elem_id=elem_id("merge", "preview")) as acc:
+            self.preview_box = acc
+            self.preview_form.render()
 
     def _render_actions(self) -> None:
         with gr.Row(elem_id=elem_id("merge", "actions")):
@@ -173,23 +224,37 @@ class MergeTab:
         self.result = gr.Textbox(
             label="Results", lines=4, interactive=False, elem_id=elem_id("merge", "result")
         )
+        self.gallery = gr.Gallery(
+            label="Preview: each Secondary model, then the result made from it",
+            columns=2,
+            elem_id=elem_id("merge", "gallery"),
+        )
         self.recipe = gr.JSON(label="Recipe", elem_id=elem_id("merge", "recipe"))
         self.status = status_box("merge")
 
     # -- events ---------------------------------------------------------------------------------
     def register(self) -> None:
-        """Attach Refresh, the method switch, project change, Check, Merge and Stop."""
+        """Attach Refresh, the method switch, project change, the hand-off, Check, Merge and Stop."""
         roles = [self.primary, self.secondary, self.tertiary]
         refresh_inputs = [self.ctx.project, *roles] if self.ctx.project is not None else roles
+        refresh_outputs = [*roles, self.note, self.vae_choice]
         compat.listen(
-            self.refresh_button.click, self.refresh, refresh_inputs, [*roles, self.note], show_progress=False
+            self.refresh_button.click, self.refresh, refresh_inputs, refresh_outputs, show_progress=False
         )
         if self.ctx.project is not None:
             compat.listen(
                 self.ctx.project.change,
                 self.refresh,
                 refresh_inputs,
-                [*roles, self.note],
+                refresh_outputs,
+                show_progress=False,
+            )
+        if self.ctx.merge_handoff is not None:
+            compat.listen(
+                self.ctx.merge_handoff.change,
+                self.receive_handoff,
+                [self.ctx.merge_handoff],
+                [self.primary, self.tertiary, self.note, self.status],
                 show_progress=False,
             )
         compat.listen(
@@ -208,24 +273,29 @@ class MergeTab:
             inputs={"primary": self.primary, "secondary": self.secondary, "tertiary": self.tertiary},
             outputs=[self.check_output],
         )
+        merge_inputs = {
+            "primary": self.primary,
+            "secondary": self.secondary,
+            "tertiary": self.tertiary,
+            "method": self.method,
+            "name": self.name,
+            "vae_choice": self.vae_choice,
+            "vae": self.vae,
+            "overwrite": self.overwrite,
+            "config": self.form,
+            "lora": self.lora_form,
+            "preview": self.preview_form,
+        }
+        if self.ctx.project is not None:
+            merge_inputs["project"] = self.ctx.project
         self.merge_binding = bind_job(
             self.ctx,
             self.merge_button,
             title="merge",
             handler=self.merge,
             status=self.status,
-            inputs={
-                "primary": self.primary,
-                "secondary": self.secondary,
-                "tertiary": self.tertiary,
-                "method": self.method,
-                "name": self.name,
-                "vae": self.vae,
-                "overwrite": self.overwrite,
-                "config": self.form,
-                "lora": self.lora_form,
-            },
-            outputs=[self.result, self.recipe, *roles],
+            inputs=merge_inputs,
+            outputs=[self.result, self.recipe, *roles, self.gallery],
         )
         bind_stop(self.ctx, self.stop_button)
 
@@ -234,13 +304,19 @@ class MergeTab:
         """The host's checkpoint titles, read fresh."""
         return [ref.title for ref in self.ctx.host.list_checkpoints()]
 
+    def project(self, project_name: Any) -> Project | None:
+        """The project called ``project_name``, or None (none chosen, or it is gone)."""
+        if not project_name:
+            return None
+        try:
+            return open_project(self.ctx.host.projects_dir(), str(project_name))
+        except DbcharError:
+            return None
+
     def suggest(self, project_name: str | None) -> Suggestion:
         """Roles pre-filled from the runs of ``project_name`` (nothing when unknown)."""
-        if not project_name:
-            return Suggestion(None, None, "")
-        try:
-            project = open_project(self.ctx.host.projects_dir(), project_name)
-        except DbcharError:
+        project = self.project(project_name)
+        if project is None:
             return Suggestion(None, None, "")
         return suggest_roles(self.ctx.host.list_checkpoints(), read_runs(project.runs_dir))
 
@@ -269,16 +345,59 @@ class MergeTab:
         *project, primary, secondary, tertiary = args
         titles = self.titles()
         suggestion = self.suggest(project[0] if project else None)
+        # A role filled by path (a hand-off of a file the host does not list) stays while it exists.
+        choices = with_choices(titles, primary, tertiary)
 
         def keep(value: Any, suggested: str | None) -> Any:
-            return value if value in titles else (suggested if suggested in titles else None)
+            return value if value in choices else (suggested if suggested in titles else None)
 
         kept_secondary = [s for s in (secondary or []) if s in titles]
         return (
-            compat.update(choices=titles, value=keep(primary, suggestion.primary)),
+            compat.update(choices=choices, value=keep(primary, suggestion.primary)),
             compat.update(choices=titles, value=kept_secondary),
-            compat.update(choices=titles, value=keep(tertiary, suggestion.tertiary)),
+            compat.update(choices=choices, value=keep(tertiary, suggestion.tertiary)),
             suggestion.note,
+            compat.update(choices=vae_choices(self.ctx.host.vae_files())),
+        )
+
+    def receive_handoff(self, text: Any) -> tuple[Any, ...]:
+        """Fill Primary and Tertiary from a checkpoint sent by "Pick a checkpoint".
+
+        The host's list is refreshed first when it does not hold the sent checkpoint (or its
+        source): the run may have saved it after the list was last read.
+
+        Args:
+            text: the hand-off box's value (JSON ``{"checkpoint", "run", "source"}``; "" = nothing).
+
+        Returns:
+            Updates of Primary, Tertiary, the note and the status box.
+        """
+        try:
+            handoff = parse_handoff(text)
+        except ValueError as exc:
+            return (
+                compat.no_change(),
+                compat.no_change(),
+                compat.no_change(),
+                message_html(str(exc), "error"),
+            )
+        if handoff is None:
+            return (compat.no_change(), compat.no_change(), compat.no_change(), compat.no_change())
+        roles = handoff_roles(self.ctx.host.list_checkpoints(), handoff)
+        if roles.extra_choices:
+            self.ctx.host.refresh_checkpoints()
+            roles = handoff_roles(self.ctx.host.list_checkpoints(), handoff)
+        choices = [*self.titles(), *roles.extra_choices]
+        tertiary = (
+            compat.update(choices=choices, value=roles.tertiary)
+            if roles.tertiary is not None
+            else compat.update(choices=choices)
+        )
+        return (
+            compat.update(choices=choices, value=roles.primary),
+            tertiary,
+            roles.note,
+            message_html(f"Received {Path(handoff.checkpoint).name} from Pick a checkpoint.", "ok"),
         )
 
     def switch_method(self, label: str) -> tuple[Any, Any, Any]:
@@ -302,20 +421,83 @@ class MergeTab:
     def merge(self, values: dict[str, Any], job: JobContext) -> Outcome:
         """Run the chosen method; several Secondary models give several results."""
         method = _core(method_from_label, values["method"])
+        settings: PreviewSettings = values.get("preview") or PreviewSettings()
+        # Checked before merging: a preview that cannot be drawn must not cost a merge first.
+        preview = self._preview_plan(settings, values.get("project")) if method != LORA else None
         if method == LORA:
             lines, recipes = self._extract_lora(values, job)
+            pairs: list[tuple[Path, Path]] = []
+            if settings.enabled:
+                lines.append("No preview: a LoRA file is drawn with a model in txt2img, not here.")
         else:
-            lines, recipes = self._merge_all(method, values, job)
+            lines, recipes, pairs = self._merge_all(method, values, job)
         self.ctx.host.refresh_checkpoints()
         titles = self.titles()
-        roles = [compat.update(choices=titles) for _ in range(3)]
+        choices = with_choices(titles, values.get("primary"), values.get("tertiary"))
+        roles = [compat.update(choices=c) for c in (choices, titles, choices)]
+        gallery: Any = compat.no_change()
+        if preview is not None:
+            self._draw_preview(preview, pairs, settings, job)
+            lines.append(preview.summary())
+            gallery = preview.gallery()
         count = len(recipes)
         message = f"Saved {count} result{'s' if count != 1 else ''}."
+        if preview is not None and (preview.problem or preview.stopped):
+            message += " The preview was not finished (see Results)."
         return Outcome(
-            outputs=("\n\n".join(lines), recipes[0] if count == 1 else recipes, *roles), message=message
+            outputs=("\n\n".join(lines), recipes[0] if count == 1 else recipes, *roles, gallery),
+            message=message,
         )
 
-    def _merge_all(self, method: str, values: dict[str, Any], job: JobContext) -> tuple[list[str], list[Any]]:
+    # -- preview --------------------------------------------------------------------------------
+    def _preview_plan(self, settings: PreviewSettings, project_name: Any) -> Preview | None:
+        """The preview to draw (prompts resolved now), or None when "Preview" is off.
+
+        Raises:
+            DbcharError: no prompt typed and no concept to take one from; a broken concept.json.
+        """
+        if not settings.enabled:
+            return None
+        from lib_dbchar.ui.concept_logic import load_project_concept
+
+        project = self.project(project_name)
+        concept = load_project_concept(project)[0] if project is not None else None
+        prompt, negative = preview_prompts(settings, concept)
+        return Preview(prompt=prompt, negative=negative, seed=settings.seed)
+
+    def _draw_preview(
+        self, preview: Preview, pairs: Sequence[tuple[Path, Path]], settings: PreviewSettings, job: JobContext
+    ) -> None:
+        """Draw the pictures with the host's model off the GPU; a failure is noted, the results stay."""
+        from lib_dbchar.train.sampling import SampleRequest
+
+        host = self.ctx.host
+        request = SampleRequest(
+            prompts=(preview.prompt,),
+            negative=(preview.negative,),
+            seeds=(settings.seed,),
+            steps=settings.steps,
+            guidance_scale=settings.cfg,
+            size=settings.size,
+        )
+        device = host.device()
+        opener = functools.partial(
+            self.open_renderer,
+            device=device,
+            dtype=torch_dtype(device, host.dtype()),
+            scheduler=settings.scheduler,
+        )
+        try:
+            with host.vram_freed():
+                render_previews(pairs, request, opener, preview, job)
+        except (DbcharError, ValueError, FileNotFoundError) as exc:
+            # The merged files are saved and listed already; say why there is no picture instead
+            # of turning the whole job into an error.
+            preview.problem = str(exc)
+
+    def _merge_all(
+        self, method: str, values: dict[str, Any], job: JobContext
+    ) -> tuple[list[str], list[Any], list[tuple[Path, Path]]]:
         config: MergeConfig = _core(dataclasses.replace, values["config"], method=method)
         primary = self.resolve(values["primary"], "Primary")
         secondaries = [self.resolve(s, "Secondary") for s in values.get("secondary") or []]
@@ -323,7 +505,7 @@ class MergeTab:
             msg = "Choose at least one Secondary model: the model to move the character onto."
             raise DbcharError(msg)
         tertiary = self.resolve(values["tertiary"], "Tertiary") if method == ADD_DIFFERENCE else None
-        vae = _optional_file(values.get("vae"), "Bake in VAE")
+        vae = chosen_vae(values.get("vae_choice"), values.get("vae"), self.ctx.host.vae_files())
         stems = output_stems(
             values.get("name") or "",
             method,
@@ -334,15 +516,30 @@ class MergeTab:
         )
         overwrite = bool(values.get("overwrite"))
         outs = output_paths(self.ctx.host.checkpoint_dir(), stems, overwrite=overwrite)
-        lines, recipes = [], []
+        # The hashes the host already computed name the inputs in the recipe as the host does,
+        # without reading gigabytes again.
+        known = self.ctx.host.known_hashes()
+        names = host_names(self.ctx.host.list_checkpoints())
+        lines, recipes, pairs = [], [], []
         for index, (secondary, out) in enumerate(zip(secondaries, outs, strict=True), start=1):
             sub = _TargetProgress(job, index, len(outs), out.name).context()
             result = _core(
-                run_merge, config, primary, secondary, tertiary, out, vae=vae, overwrite=overwrite, ctx=sub
+                run_merge,
+                config,
+                primary,
+                secondary,
+                tertiary,
+                out,
+                vae=vae,
+                overwrite=overwrite,
+                known_hashes=known,
+                known_names=names,
+                ctx=sub,
             )
             lines.append(result.summary())
             recipes.append(result.recipe)
-        return lines, recipes
+            pairs.append((secondary, Path(result.output)))
+        return lines, recipes, pairs
 
     def _extract_lora(self, values: dict[str, Any], job: JobContext) -> tuple[list[str], list[Any]]:
         config: LoraConfig = _core(dataclasses.replace, values["lora"], fp16=values["config"].fp16)
@@ -352,23 +549,13 @@ class MergeTab:
             values.get("name") or "", LORA, primary=primary, secondaries=[], tertiary=tertiary, multiplier=1.0
         )
         overwrite = bool(values.get("overwrite"))
-        (out,) = output_paths(lora_folder(self.ctx.host.checkpoint_dir()), stems, overwrite=overwrite)
+        (out,) = output_paths(self.ctx.host.lora_dir(), stems, overwrite=overwrite)
         result = _core(run_extract_lora, config, primary, tertiary, out, overwrite=overwrite, ctx=job)
         line = (
             f"Saved the LoRA {result.output}: {result.unet_modules} UNet and {result.text_modules} text "
             f"encoder layers, keeps {result.retained:.1%} of the change."
         )
         return [line], [result.recipe]
-
-
-def _optional_file(value: Any, label: str) -> Path | None:
-    text = str(value or "").strip()
-    if not text:
-        return None
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise DbcharError(f"{label}: {path} does not exist; give the path of a file or leave it empty.")
-    return path
 
 
 def _core(fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -4,7 +4,7 @@ In the real webui ``opts``, ``state`` and ``device`` are filled in by initialize
 ready at import. ``sd_model`` is a property (see shared_items.py): reading it loads a model.
 """
 
-from modules import options, shared_cmd_options
+from modules import options, shared_cmd_options, util
 from modules.paths_internal import (  # noqa: F401
     data_path,
     default_sd_model_file,
@@ -17,6 +17,8 @@ from modules.paths_internal import (  # noqa: F401
 
 cmd_opts = shared_cmd_options.cmd_opts
 parser = shared_cmd_options.parser
+
+natural_sort_key = util.natural_sort_key
 
 parallel_processing_allowed = True
 demo = None

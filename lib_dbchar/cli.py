@@ -63,6 +63,7 @@ COMMAND_MODULES: dict[str, str] = {
     "prep": "lib_dbchar.dataset.cli",
     "merge": "lib_dbchar.merge.cli",
     "train": "lib_dbchar.train.cli",
+    "pick": "lib_dbchar.pick.cli",
 }
 
 

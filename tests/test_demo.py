@@ -69,10 +69,12 @@ def test_demo_prints_where_everything_is(demo):
         "tensorboard:",
         "merged:",
         "Report:",
-        "overfitting grid",
+        "grid:",
+        "ranking:",
     ):
         assert label in stdout, label
     assert str(out / "report.html") in stdout
+    assert "Skipped" not in stdout
 
 
 def test_demo_dataset_captions_and_class_images(demo):
@@ -102,13 +104,35 @@ def test_demo_training_leaves_a_run_and_checkpoints(demo):
     ]
 
 
+def test_demo_grid_and_ranking(demo):
+    from PIL import Image
+
+    from lib_dbchar.pick.rank import load_ranking
+
+    out, _ = demo
+    run = out / "demo-character" / "runs" / "demo-run"
+    grid = json.loads((run / "pick" / "grid.json").read_text(encoding="utf-8"))
+    assert [c["key"] for c in grid["columns"]] == ["source", "demo-run_10", "demo-run_20"]
+    assert len(grid["cells"]) == 3 * sum(len(p["seeds"]) for p in grid["probes"])
+    assert Image.open(run / "pick" / "grid.png").size[0] > 3 * 64
+    ranking = load_ranking(run)
+    assert ranking.recommended in ("demo-run_10", "demo-run_20")
+    assert {c.column for c in ranking.columns} == {"source", "demo-run_10", "demo-run_20"}
+    assert all(c.evidence for c in ranking.columns)
+    assert ranking.column("demo-run_20").loss is not None
+
+
 def test_demo_merged_model_loads_and_differs_from_the_source(demo):
     from safetensors.torch import load_file
 
+    from lib_dbchar.pick.rank import load_ranking
+
     out, _ = demo
+    recommended = load_ranking(out / "demo-character" / "runs" / "demo-run").recommended
     merged = load_file(str(out / "models" / "demo-run-on-other.safetensors"))
     source = load_file(str(out / "tiny-models" / "source" / "tiny-sd1.safetensors"))
-    trained = load_file(str(out / "models" / "demo-run_20.safetensors"))
+    # The merge moves the checkpoint the ranking recommends.
+    trained = load_file(str(out / "models" / f"{recommended}.safetensors"))
     other = load_file(str(out / "tiny-models" / "other" / "tiny-sd1.safetensors"))
     key = "model.diffusion_model.input_blocks.1.1.proj_in.weight"
     assert key in merged and merged[key].shape == source[key].shape
@@ -121,9 +145,24 @@ def test_demo_merged_model_loads_and_differs_from_the_source(demo):
 def test_demo_report_and_result(demo):
     out, _ = demo
     report = (out / "report.html").read_text(encoding="utf-8")
-    for step in ("pictures", "prep", "tags", "concept", "class images", "training", "merge"):
+    for step in (
+        "pictures",
+        "prep",
+        "tags",
+        "concept",
+        "class images",
+        "training",
+        "grid + ranking",
+        "merge",
+    ):
         assert f"<h2>{step}</h2>" in report
     assert 'src="pictures/pose_00.png"' in report
     assert "demo-run-on-other.safetensors" in report
+    assert 'src="demo-character/runs/demo-run/pick/grid.png"' in report
+    assert 'href="demo-character/runs/demo-run/pick/ranking.json"' in report
+    assert "<th>checkpoint</th>" in report and "(recommended)" in report
+    assert "Not in the demo" not in report
     result = json.loads((out / "demo.json").read_text(encoding="utf-8"))
-    assert [s["name"] for s in result["steps"]][-1] == "merge"
+    names = [s["name"] for s in result["steps"]]
+    assert names[-2:] == ["grid + ranking", "merge"]
+    assert result["skipped"] == []

@@ -214,8 +214,12 @@ def test_every_elem_id_and_class_starts_with_dbchar(built):
 
 
 def test_standalone_jobs_have_no_webui_js(built):
+    """Standalone, jobs go straight to Python: the webui's job-submit JS (its task ids) is not used."""
     deps = built.blocks.get_config_file()["dependencies"]
-    assert [d["js"] for d in deps if d["js"]] == []
+    scripts = [d["js"] for d in deps if d["js"]]
+    assert [js for js in scripts if "submit" in js.lower()] == []
+    # The only event JS left is page navigation (Pick a checkpoint -> the Merge tab).
+    assert all("dbcharOpenMergeTab" in js for js in scripts)
 
 
 def test_build_ui_returns_blocks(host):

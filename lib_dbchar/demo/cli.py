@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "run the whole chain (pictures -> tags -> training -> merge) on a built-in example"
+HELP = "run the whole chain (pictures -> tags -> training -> grid + ranking -> merge) on a built-in example"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

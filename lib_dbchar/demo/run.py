@@ -1,4 +1,5 @@
-"""The end-to-end demo: drawn pictures -> prep -> tags -> concept -> class images -> training -> merge.
+"""The end-to-end demo: drawn pictures -> prep -> tags -> concept -> class images -> training ->
+grid + ranking -> merge.
 
 Everything runs offline on CPU in a few minutes: the models are tiny random SD1 models built on
 the spot (:mod:`lib_dbchar.demo.tiny`) and the tagger is the bundled WD14 double (``assets/``),
@@ -30,11 +31,15 @@ class DemoStep:
     """One step of the demo: what it made and where.
 
     Attributes:
-        name: the step ("pictures", "prep", "tags", "concept", "class images", "training", "merge").
+        name: the step ("pictures", "prep", "tags", "concept", "class images", "training",
+            "grid + ranking", "merge").
         summary: one line for people.
         paths: the files and folders it left, by role.
         images: pictures worth showing in the report.
         seconds: wall time.
+        figure: one large picture shown at its own size (the grid's contact sheet).
+        table: a small table for the report, header row first (the ranking).
+        notes: more lines for people (the recommendation and its evidence).
     """
 
     name: str
@@ -42,6 +47,9 @@ class DemoStep:
     paths: dict[str, str] = field(default_factory=dict)
     images: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    figure: str = ""
+    table: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -172,7 +180,7 @@ def _train_config(source: Path):
 
 def _step_training(
     project, concept, source, models_dir: Path, ctx: JobContext
-) -> tuple[DemoStep, DemoStep, Path]:
+) -> tuple[DemoStep, DemoStep, Path, Path]:
     from lib_dbchar.train.loop import train
     from lib_dbchar.train.run import RunSpec
 
@@ -212,9 +220,68 @@ def _step_training(
         },
         images=list(result.previews),
     )
-    # The last checkpoint is the one moved onto the other model (the grid that would pick the
-    # best one is not part of the demo yet).
-    return classes, training, Path(result.checkpoints[-1].path)
+    return classes, training, Path(result.run_dir), Path(result.checkpoints[-1].path)
+
+
+def _ranking_table(ranking) -> list[list[str]]:
+    rows = [["checkpoint", "step", "score", "pose", "traits", "leak", "drift", "copies", "loss"]]
+    for c in ranking.columns:
+        mark = " (recommended)" if c.column == ranking.recommended else ""
+        mark += " (frontal)" if c.column == ranking.frontal else ""
+        rows.append(
+            [
+                c.column + mark,
+                str(c.step),
+                f"{c.score:.3f}",
+                f"{c.pose:.0%}",
+                f"{c.traits:.0%}",
+                f"{c.leak:.0%}",
+                f"{c.drift:.0%}",
+                str(c.copies),
+                f"{c.loss:.4f}" if c.loss is not None else "-",
+            ]
+        )
+    return rows
+
+
+def _step_pick(run_dir: Path, trained_last: Path, ctx: JobContext) -> tuple[DemoStep, Path]:
+    from lib_dbchar.pick.grid import PickSettings
+    from lib_dbchar.pick.run import run_pick
+    from lib_dbchar.tagger.runner import TaggerConfig
+
+    started = time.perf_counter()
+    # The cells are as small and quick as the training previews: the point is the files and
+    # the ranking's evidence, not pictures (the models are random).
+    result = run_pick(
+        run_dir,
+        settings=PickSettings(steps=2, size=64),
+        tagger=TaggerConfig(model_dir=str(ASSETS_DIR)),
+        ctx=ctx,
+    )
+    ranking = result.ranking
+    chosen = Path(result.recommended_path() or trained_last)
+    best = ranking.column(ranking.recommended)
+    notes = [f"recommended: {ranking.reasons.get('recommended', '')}"]
+    notes += [f"  {e}" for e in (best.evidence if best else [])]
+    notes.append(f"frontal poses: {ranking.reasons.get('frontal', '')}")
+    notes += [f"warning: {w}" for w in result.warnings]
+    step = _timed(
+        "grid + ranking",
+        started,
+        f"{len(result.grid.probes)} probes x {len(result.grid.columns)} columns "
+        f"({len(result.grid.cells)} cells) drawn, tagged by the tagger DOUBLE and ranked: "
+        f"recommended {ranking.recommended}, frontal pick {ranking.frontal}",
+        paths={
+            "grid": result.grid_png,
+            "ranking": result.ranking_json,
+            "probes": str(run_dir / "pick" / "probes.json"),
+            "cells": str(run_dir / "pick" / "cells"),
+        },
+        figure=result.grid_png,
+        table=_ranking_table(ranking),
+        notes=notes,
+    )
+    return step, chosen
 
 
 def _step_merge(trained: Path, other: Path, source: Path, out: Path, ctx: JobContext) -> DemoStep:
@@ -225,7 +292,8 @@ def _step_merge(trained: Path, other: Path, source: Path, out: Path, ctx: JobCon
     return _timed(
         "merge",
         started,
-        f"add difference: trained + (other - source) -> {result.merged} tensors merged, "
+        f"add difference: {trained.name} (the recommended checkpoint) + (other - source) -> "
+        f"{result.merged} tensors merged, "
         f"{result.passed_through} passed through",
         paths={
             "trained (A)": str(trained),
@@ -262,7 +330,6 @@ def run_demo(out_dir: Path, ctx: JobContext | None = None) -> DemoResult:
         raise TargetExists(f"{out} exists and is not empty; pick another --out (the demo never overwrites).")
     out.mkdir(parents=True, exist_ok=True)
     result = DemoResult(str(out.resolve()))
-    result.skipped.append("overfitting grid + ranking of checkpoints (issue #7): not part of the demo yet")
     models = out / "models"
 
     started = time.perf_counter()
@@ -286,8 +353,12 @@ def run_demo(out_dir: Path, ctx: JobContext | None = None) -> DemoResult:
     concept, step = _step_concept(project)
     result.steps.append(step)
     ctx.check_stop("demo")
-    classes, training, trained = _step_training(project, concept, source, models, ctx)
+    classes, training, run_dir, last = _step_training(project, concept, source, models, ctx)
     result.steps.extend([classes, training])
+    ctx.check_stop("demo")
+    # The grid ranks the checkpoints; the recommended one is moved onto the other model.
+    pick, trained = _step_pick(run_dir, last, ctx)
+    result.steps.append(pick)
     ctx.check_stop("demo")
     merged = models / f"{RUN_NAME}-on-other.safetensors"
     result.steps.append(_step_merge(trained, other.single_file, source.single_file, merged, ctx))

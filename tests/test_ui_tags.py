@@ -148,6 +148,9 @@ def test_tagging_writes_captions_reports_progress_and_refreshes_the_editor(host,
     assert ["hatsune miku", 1, "33%"] in shown["table"]["data"]
     assert [c for _, c in shown["gallery"]] == [TAGGED["black"], TAGGED["cyan"], TAGGED["red"]]
     assert tab.tagging.holder.tagger is None  # released after the run: training needs the memory
+    # Every picture's scores are kept beside the dataset: Pick a checkpoint finds the traits there.
+    record = json.loads((folder.parent / "tags.json").read_text(encoding="utf-8"))
+    assert len(record["images"]) == 3 and "1girl" in json.dumps(record["images"])
 
 
 def test_always_first_is_the_projects_instance_token(host):

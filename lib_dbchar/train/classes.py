@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lib_dbchar.concept import class_image_count, class_prompt
+from lib_dbchar.concept import Concept, class_image_count, class_prompt, validate_concept
 from lib_dbchar.jobs import JobContext
 from lib_dbchar.paths import atomic_write
-from lib_dbchar.train.config import TrainConfig
-from lib_dbchar.train.data import CLASS_IMAGE_PREFIX, ConceptData, read_caption
+from lib_dbchar.train.config import TrainConfig, validate_config, validate_for_device
+from lib_dbchar.train.data import CLASS_IMAGE_PREFIX, ConceptData, load_concept_data, read_caption
 
 REJECTED_DIR = "rejected"
 _NUMBERED = re.compile(rf"^{CLASS_IMAGE_PREFIX}(\d+)\.png$")
@@ -246,3 +246,160 @@ def class_images_summary(results: Sequence[ClassImagesResult]) -> str:
 def results_json(results: Sequence[ClassImagesResult]) -> str:
     """The results as JSON text."""
     return json.dumps([r.to_dict() for r in results], indent=2)
+
+
+# --- what the Train tab shows and runs -------------------------------------------------------
+
+
+def list_class_images(folder: Path) -> list[Path]:
+    """The finished class images of a folder (``class_<n>.png`` with its ``.txt``), by number."""
+    found = _numbers(Path(folder), complete_only=True)
+    return [found[n] for n in sorted(found)]
+
+
+@dataclass
+class ClassFolderStatus:
+    """One concept's class image folder as it is on disk (JSON-serialisable through :meth:`to_dict`).
+
+    Attributes:
+        concept: the concept's index in the project.
+        token: its instance token (for labels).
+        folder: the class image folder.
+        wanted: how many class images the concept wants.
+        images: the finished class images, by number.
+        rejected: how many images were moved to ``rejected/``.
+    """
+
+    concept: int
+    token: str
+    folder: str
+    wanted: int
+    images: list[str] = field(default_factory=list)
+    rejected: int = 0
+
+    @property
+    def missing(self) -> int:
+        """How many images a top-up would draw."""
+        return max(0, self.wanted - len(self.images))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "missing": self.missing}
+
+
+def class_folder_status(concepts: Sequence[Concept], project_root: Path) -> list[ClassFolderStatus]:
+    """The class image folders of a project's concepts: wanted, finished and rejected counts.
+
+    Args:
+        concepts: the project's concepts, in order (the index picks the default folder).
+        project_root: the project folder.
+
+    Returns:
+        One :class:`ClassFolderStatus` per concept.
+    """
+    data, _ = load_concept_data(concepts, Path(project_root))
+    out = []
+    for item in data:
+        rejected = _numbers(item.class_dir / REJECTED_DIR, complete_only=False)
+        out.append(
+            ClassFolderStatus(
+                item.index,
+                item.concept.instance_token,
+                str(item.class_dir),
+                class_image_count(item.concept, len(item.images)),
+                [str(p) for p in list_class_images(item.class_dir)],
+                len(rejected),
+            )
+        )
+    return out
+
+
+def _pending(data: Sequence[ConceptData], config: TrainConfig) -> int:
+    """How many class images are still to draw over all concepts."""
+    return sum(
+        len(
+            plan_class_images(
+                [class_prompt(c.concept, i.caption) for i in c.images],
+                c.class_dir,
+                count=class_image_count(c.concept, len(c.images)),
+                seed=config.seed,
+            )
+        )
+        for c in data
+    )
+
+
+def _source_sampler(spec: Any, config: TrainConfig) -> Any:
+    """A sampler on the run's source model (converted once into the run's working folder)."""
+    import torch
+
+    from lib_dbchar.train.config import resolved_attention, xformers_available
+    from lib_dbchar.train.loop import set_attention
+    from lib_dbchar.train.model import load_components, prepare_working_model
+    from lib_dbchar.train.run import RunFolders
+    from lib_dbchar.train.sampling import Sampler
+
+    model = prepare_working_model(
+        Path(config.source_checkpoint).expanduser(),
+        RunFolders(spec.run_dir).working,
+        prediction_type=config.prediction_type,
+        config_dir=spec.model_config_dir,
+        tokenizer_dir=spec.tokenizer_dir,
+    )
+    parts = load_components(model)
+    device = torch.device(spec.device)
+    for module in (parts.unet, parts.vae, parts.text_encoder):
+        module.to(device).requires_grad_(False)
+    on_cuda = device.type == "cuda"
+    set_attention(
+        parts.unet, parts.vae, resolved_attention(config, have_xformers=xformers_available() and on_cuda)
+    )
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision)
+    return Sampler(
+        unet=parts.unet,
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        scheduler_config=parts.scheduler_config,
+        scheduler=config.scheduler,
+        device=str(device),
+        autocast_dtype=half,
+        clip_skip=config.clip_skip,
+    )
+
+
+def generate_for_run(spec: Any, ctx: JobContext | None = None) -> list[ClassImagesResult]:
+    """Draw a run's missing class images before training, as a job of its own.
+
+    The same images the run would draw at its start (same seeds, same folders), so training
+    later finds them and goes straight to its first step. The source model is converted into the
+    run's working folder, which training then reuses. Nothing is loaded when no image is missing.
+
+    Args:
+        spec: the :class:`~lib_dbchar.train.run.RunSpec` of the run to come.
+        ctx: progress (one unit per image) and stop (between batches).
+
+    Returns:
+        One :class:`ClassImagesResult` per concept.
+
+    Raises:
+        ValueError: invalid settings or concepts, or no pictures (the message names the field).
+        CheckpointError: the source cannot be used (SDXL: not supported yet).
+        JobStopped: the user stopped; finished images stay and the next call continues.
+    """
+    ctx = ctx or JobContext()
+    config = validate_config(spec.config)
+    validate_for_device(config, spec.device)
+    for index, concept in enumerate(spec.concepts):
+        validate_concept(concept, index=index)
+    data, _ = load_concept_data(spec.concepts, Path(spec.project_dir))
+    if not any(c.images for c in data):
+        folders = ", ".join(str(c.dataset_dir) for c in data)
+        raise ValueError(f"Concept: no pictures in {folders}; add them in the Dataset tab.")
+    if _pending(data, config) == 0:
+        return generate_class_images(data, None, config, device=spec.device, ctx=ctx)
+    if not config.source_checkpoint.strip():
+        msg = "TrainConfig.source_checkpoint: pick the model to draw the class images with."
+        raise ValueError(msg)
+    ctx.report(0, 0, "Preparing the source model")
+    sampler = _source_sampler(spec, config)
+    return generate_class_images(data, sampler, config, device=spec.device, ctx=ctx)

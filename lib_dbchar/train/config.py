@@ -313,6 +313,8 @@ def validate_for_device(config: TrainConfig, device: str, *, have_xformers: bool
 
 BUILTIN_PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 PRESET_SUFFIX = ".json"
+#: Appended to a user preset's name when it is a shipped preset's (see :func:`user_presets`).
+USER_PRESET_MARK = "(yours)"
 
 
 @dataclass(frozen=True)
@@ -391,16 +393,28 @@ def user_presets(folder: Path | None) -> tuple[list[Preset], list[str]]:
 
     Returns:
         ``(presets, problems)``: a broken file is reported in ``problems`` (one message each)
-        and skipped; the others still load.
+        and skipped; the others still load. A preset named like a shipped one is listed with
+        " (yours)" after its name, and a problem says so.
     """
     if folder is None or not Path(folder).is_dir():
         return [], []
     presets, problems = [], []
+    shipped = {p.name.casefold() for p in builtin_presets()}
     for path in sorted(Path(folder).glob(f"*{PRESET_SUFFIX}")):
         try:
-            presets.append(load_preset_file(path))
+            preset = load_preset_file(path)
         except ValueError as exc:
             problems.append(str(exc))
+            continue
+        if preset.name.casefold() in shipped:
+            # Never let a user's file silently stand in for a shipped preset of the same name.
+            renamed = f"{preset.name} {USER_PRESET_MARK}"
+            problems.append(
+                f"Preset {path} has the name of a shipped preset, {preset.name!r}; it is listed as "
+                f"{renamed!r}. Change its name in the file to choose another."
+            )
+            preset = replace(preset, name=renamed)
+        presets.append(preset)
     return presets, problems
 
 

@@ -104,6 +104,7 @@ __all__ = [
     "gr",
     "launch_blocking",
     "listen",
+    "listen_background",
     "no_change",
     "offline_theme",
     "panel",
@@ -222,3 +223,17 @@ def launch_blocking(blocks: gr.Blocks, *, listen_on: str, port: int, open_browse
         prevent_thread_lock=False,
         show_error=True,
     )
+
+
+def listen_background(event: Callable[..., Any], fn: Callable[..., Any], inputs: Any, outputs: Any) -> Any:
+    """Attach a long-lived generator ``fn`` (a live view) that must not queue behind other pages.
+
+    gradio 4 runs one call of each event at a time by default, so a second page's live view would
+    wait for the first to finish; ``concurrency_limit=None`` lifts that. gradio 3 has no
+    per-event limit (its queue's workers are shared), so nothing is needed there. No spinner: the
+    outputs refresh quietly.
+    """
+    kwargs: dict[str, Any] = {"show_progress": "hidden"}
+    if GRADIO_MAJOR >= 4:
+        kwargs["concurrency_limit"] = None
+    return event(fn=fn, inputs=inputs, outputs=outputs, **kwargs)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from lib_dbchar.host.base import Host
@@ -20,12 +21,16 @@ class UiContext:
         merge_handoff: a hidden textbox through which "Pick a checkpoint" hands a checkpoint to
             the Merge wizard: its value is JSON ``{"checkpoint": path, "run": name, "source": path}``
             and the Merge tab fills its roles when it changes. ``None`` when a page has no such box.
+        release_hooks: callables that free memory a tab holds on purpose between jobs (the Tags
+            tab's "Keep the model loaded" tagger); jobs that need the memory (training, class
+            images) call them all first (:func:`lib_dbchar.ui.train_logic.release_held_memory`).
     """
 
     host: Host
     project: Any
     task_id: Any
     merge_handoff: Any = None
+    release_hooks: list[Callable[[], Any]] = field(default_factory=list)
 
     @property
     def in_webui(self) -> bool:

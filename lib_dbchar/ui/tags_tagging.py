@@ -6,7 +6,9 @@ button runs :func:`~lib_dbchar.tagger.runner.run_tagging` on the project's ``dat
 job of the host (progress per picture, Stop between batches), with the host's device and the
 ``tagger_cache_dir`` setting read at click time. The loaded model is dropped after the run unless
 the user asks to keep it (faster re-runs), because its memory (VRAM with CUDA) is what training and
-generation need next; "Free the model's memory" drops a kept one.
+generation need next; "Free the model's memory" drops a kept one, and so does every job that
+needs the memory (the panel puts its release on ``UiContext.release_hooks``, which the Train tab
+calls before training and before generating class images).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from lib_dbchar.errors import DbcharError
 from lib_dbchar.jobs import JobContext
+from lib_dbchar.pick.probes import TAGGER_JSON
 from lib_dbchar.tagger.runner import TaggerConfig, list_images, load_tagger, run_tagging
 from lib_dbchar.tagger.session import TaggerHolder
 from lib_dbchar.ui import compat
@@ -61,6 +64,8 @@ class TaggingPanel:
     def __init__(self, ctx: UiContext, initial: TaggerConfig | None = None) -> None:
         self.ctx = ctx
         self.holder = TaggerHolder()
+        # A kept model must not sit in (V)RAM while a training or class-image job needs it.
+        ctx.release_hooks.append(self.holder.release)
         self.form: Form[TaggerConfig] = Form(FORM_NAME, TaggerConfig, initial=initial)
         self.binding: JobBinding | None = None
         self.release_binding: JobBinding | None = None
@@ -152,7 +157,17 @@ class TaggingPanel:
         job.report(0, 0, f"Loading the tagger model {config.model_dir.strip() or config.model}")
         try:
             tagger = load_tagger(config, device=device, cache_dir=cache, holder=self.holder)
-            result = run_tagging(config, folder, job, device=device, cache_dir=cache, tagger=tagger)
+            # Every picture's scores go to <project>/tags.json too: "Pick a checkpoint" reads the
+            # character's traits there after "drop traits" has taken them out of the captions.
+            result = run_tagging(
+                config,
+                folder,
+                job,
+                device=device,
+                cache_dir=cache,
+                tagger=tagger,
+                json_out=project.root / TAGGER_JSON,
+            )
         finally:
             if not values["keep"]:
                 self.holder.release()

@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lib_dbchar.checkpoint.errors import CheckpointError
 from lib_dbchar.concept import Concept, load_concepts
 from lib_dbchar.config import to_dict
 from lib_dbchar.errors import DbcharError
 from lib_dbchar.paths import safe_name
 from lib_dbchar.projects import Project
-from lib_dbchar.train.config import Preset, TrainConfig, apply_preset
+from lib_dbchar.train.config import Preset, TrainConfig, apply_preset, save_preset
 from lib_dbchar.train.data import concept_counts
 from lib_dbchar.train.plan import StepsPlan, format_duration, plan_steps
 from lib_dbchar.train.run import RunFolders, RunSpec, read_checkpoint_records, read_loss_log
@@ -99,6 +102,33 @@ def preset_message(preset: Preset, applied: PresetApplied) -> str:
     if applied.kept:
         text += f" Kept your own values for: {', '.join(applied.kept)}."
     return text
+
+
+def save_user_preset(folder: Path, name: str, config: TrainConfig, *, overwrite: bool = False) -> Path:
+    """Save the form's settings as a user preset (``<folder>/<name>.json``, atomic).
+
+    Args:
+        folder: the user presets folder (created when missing).
+        name: the preset's name, as typed.
+        config: the form's settings; the model fields are left out of presets.
+        overwrite: replace the user's own preset of that name.
+
+    Returns:
+        The written file.
+
+    Raises:
+        DbcharError: no name, a shipped preset's name, or a preset of that name exists and
+            ``overwrite`` is off; the message says what to do.
+    """
+    if not name.strip():
+        msg = "Type a name for the preset."
+        raise DbcharError(msg)
+    try:
+        return save_preset(Path(folder), name, config, overwrite=overwrite)
+    except FileExistsError as exc:
+        raise DbcharError(f"{str(exc).rstrip('.')}: tick 'Replace my preset of that name'.") from None
+    except ValueError as exc:
+        raise DbcharError(str(exc)) from None
 
 
 # --- steps maths ---------------------------------------------------------------------------------
@@ -288,3 +318,147 @@ def loss_text(view: RunView, *, last: int = 5) -> str:
 def checkpoints_text(view: RunView) -> str:
     """The checkpoints written, one path per line."""
     return "\n".join(view.checkpoints) if view.checkpoints else "No checkpoint written yet."
+
+
+# --- memory held by other tabs -------------------------------------------------------------------
+
+
+def release_held_memory(ctx: Any) -> int:
+    """Call every release hook on the page context before a job that needs the memory.
+
+    Args:
+        ctx: the :class:`~lib_dbchar.ui.context.UiContext`; its ``release_hooks`` are called in
+            order (a page without the attribute has none).
+
+    Returns:
+        How many hooks were called.
+    """
+    hooks = list(getattr(ctx, "release_hooks", ()))
+    for hook in hooks:
+        hook()
+    return len(hooks)
+
+
+# --- the source model ----------------------------------------------------------------------------
+
+#: Architectures the checkpoint reader recognises but training cannot use yet.
+UNSUPPORTED_ARCHS = ("sdxl", "sdxl_refiner")
+
+
+def source_problem(path: Path) -> str | None:
+    """Why training cannot start from ``path``, told before any time is spent; None when it can.
+
+    Only a ``.safetensors`` header is read (milliseconds, even for a 7 GB SDXL file); other
+    formats are checked by the conversion when the run starts, with the same message.
+
+    Args:
+        path: the source checkpoint file.
+
+    Returns:
+        A message naming the file and what to do, or None (also for a file that cannot be read
+        here: the conversion reports that at Start with the reader's own message).
+    """
+    from lib_dbchar.checkpoint.detect import inspect_checkpoint
+
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors" or not path.is_file():
+        return None
+    try:
+        info = inspect_checkpoint(path)
+    except (CheckpointError, OSError, ValueError):
+        return None
+    if info.arch in UNSUPPORTED_ARCHS:
+        return (
+            f"SDXL is not supported for training yet: {path.name} is {info.label}. "
+            "Pick a Stable Diffusion 1.x or 2.x model (the guide trains from Waifu Diffusion 1.3)."
+        )
+    return None
+
+
+def refuse_unsupported_source(path: Path) -> None:
+    """Raise when :func:`source_problem` finds one.
+
+    Raises:
+        DbcharError: the source is an SDXL model (the message says to pick an SD1/SD2 one).
+    """
+    problem = source_problem(path)
+    if problem:
+        raise DbcharError(problem)
+
+
+# --- the live view of a running run --------------------------------------------------------------
+
+#: Seconds between two refreshes of the chart, the latest losses and the checkpoint list.
+LIVE_EVERY = 3.0
+#: How long the live view waits, after a Start click, for the job to begin (it may be queued behind
+#: another GPU job; Refresh progress picks a later start up).
+LIVE_START_GRACE = 30.0
+
+
+class ActiveRuns:
+    """The run folders a training job of this page is working on now (thread-safe).
+
+    The Start job marks its run between :meth:`begin` and :meth:`end`; the live view refreshes
+    while :meth:`active` says so.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count: dict[str, int] = {}
+
+    @staticmethod
+    def _key(run_dir: Path) -> str:
+        return str(Path(run_dir).resolve())
+
+    def begin(self, run_dir: Path) -> None:
+        with self._lock:
+            key = self._key(run_dir)
+            self._count[key] = self._count.get(key, 0) + 1
+
+    def end(self, run_dir: Path) -> None:
+        with self._lock:
+            key = self._key(run_dir)
+            left = self._count.get(key, 0) - 1
+            if left > 0:
+                self._count[key] = left
+            else:
+                self._count.pop(key, None)
+
+    def active(self, run_dir: Path | None = None) -> bool:
+        """Whether ``run_dir`` (any run when None) is being trained now."""
+        with self._lock:
+            return bool(self._count) if run_dir is None else self._key(run_dir) in self._count
+
+
+def live_views(
+    view: Callable[[], Any],
+    active: Callable[[], bool],
+    *,
+    every: float = LIVE_EVERY,
+    start_grace: float = 0.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[Any]:
+    """Yield a fresh view every ``every`` seconds while a run is active, then a last one, then stop.
+
+    A generator handler ends by itself, so nothing keeps polling once the run is over (gradio's
+    ``every=`` would go on for as long as the page is open).
+
+    Args:
+        view: reads the run's files and returns the outputs (see ``TrainTab.view``).
+        active: whether the run is still going.
+        every: seconds between two views.
+        start_grace: how long to wait for the run to become active first (a Start click's job
+            may wait for the GPU lock); 0 gives one view at once when nothing runs.
+        sleep, clock: injectable for tests.
+
+    Yields:
+        ``view()``'s result: one per tick while active, and a final one.
+    """
+    deadline = clock() + start_grace
+    while not active() and clock() < deadline:
+        sleep(min(every, 0.5))
+    while active():
+        yield view()
+        sleep(every)
+    yield view()

@@ -169,7 +169,7 @@ def test_open_render_rank_and_send(server, tmp_path):
 
         # The grid (2 probes x 3 columns, the source first) and the ranking with its mark.
         expect(page.locator("#dbchar-pick-grid img")).to_have_count(6, timeout=STEP_TIMEOUT_MS)
-        ranking = page.locator("#dbchar-pick-ranking")
+        ranking = html_box(page, "ranking")
         expect(ranking).to_contain_text("★ recommended")
         expect(ranking).to_contain_text("source (tiny-sd1")
         expect(html_box(page, "evidence")).to_contain_text("Recommended")

@@ -205,6 +205,15 @@ def test_ranking_rows_mark_the_picks_and_leave_the_source_unranked(tmp_path):
     assert ranking_rows(ranking)[0][9] == "0.2500"  # the smoothed curve's value when there is one
     assert len(rows[0]) == len(pick_logic.RANKING_HEADERS)
     assert pick_logic.recommended_step(ranking) == 2
+    # The page shows the same rows as an HTML table, the picks' rows marked by class, text escaped.
+    table = pick_logic.ranking_html(ranking)
+    assert table.count("<tr") == 1 + len(rows)
+    assert '<tr class="dbchar-pick-recommended"><td>1</td><td>r_2 ★ recommended</td>' in table
+    assert '<tr class="dbchar-pick-frontal"><td>2</td><td>r_4 ◆ frontal pick</td>' in table
+    assert '<tr class="dbchar-pick-source"><td>—</td><td>source</td>' in table
+    ranking["columns"][0]["label"] = "<b>x</b>"
+    assert "<b>x</b>" not in pick_logic.ranking_html(ranking)
+    assert pick_logic.ranking_html(None) == "" and pick_logic.ranking_html({"columns": []}) == ""
     assert pick_logic.column_name({"column": "neeko_200", "label": "step 200"}) == "neeko_200 (step 200)"
     assert (
         pick_logic.column_name({"column": "source", "label": "source (a.safetensors)"})
@@ -384,7 +393,7 @@ def test_open_shows_the_saved_grid_and_ranking_without_rendering(host, run_dir, 
     assert rows == probe_rows(probes)  # the saved set, not the planted grid's
     assert gallery["columns"] == 3 and len(gallery["value"]) == 9
     assert gallery["value"][1][1] == "frontal #1 · r_2"
-    assert ranking[0][1] == "r_2 ★ recommended"
+    assert '<tr class="dbchar-pick-recommended"><td>1</td><td>r_2 ★ recommended</td>' in ranking
     assert "draws the side pose" in evidence
     assert "3 columns x 9 cells" in run_info
     red = _columns_with(np.asarray(chart), HIGHLIGHT)
@@ -459,7 +468,7 @@ def test_render_job_saves_the_table_runs_the_pick_and_shows_it(host, run_dir, mo
     ((path, settings, ids, device),) = calls
     assert path == run_dir and settings.steps == 3 and settings.size == 64 and device == "cpu"
     assert ids == [p["id"] for p in saved_probes(run_dir)] and saved_probes(run_dir)[1]["seeds"] == [99]
-    assert out[4][0][1] == "r_2 ★ recommended" and len(out[2]["value"]) == 9
+    assert "<td>r_2 ★ recommended</td>" in out[4] and len(out[2]["value"]) == 9
     # Bad settings are refused naming the field, before anything runs.
     out = section.render_binding.call({**REQUEST, "probes": rows, "settings": {"steps": 0}})
     assert "dbchar-message-error" in out[-1] and "steps" in out[-1] and len(calls) == 1

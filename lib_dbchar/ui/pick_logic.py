@@ -9,6 +9,7 @@ a saved one. A core object with ``to_dict()`` is accepted wherever a dict is.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -321,6 +322,36 @@ def ranking_rows(ranking: Any) -> list[list[Any]]:
             ]
         )
     return rows
+
+
+def ranking_html(ranking: Any) -> str:
+    """The ranking as a read-only HTML table: :func:`ranking_rows` with the picks' rows marked.
+
+    A plain table rather than an editable grid widget: nothing in it is meant to be edited, and
+    the recommended row gets a class (``dbchar-pick-recommended``) the page highlights. An empty
+    string when there is no ranking yet.
+    """
+    data = as_dict(ranking) if ranking else {}
+    if not data.get("columns"):
+        return ""
+    classes = {
+        data.get("recommended"): "dbchar-pick-recommended",
+        data.get("frontal"): "dbchar-pick-frontal",
+    }
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in RANKING_HEADERS)
+    body = []
+    for column, row in zip(data["columns"], ranking_rows(data), strict=True):
+        key = column.get("column")
+        marks = [name for pick, name in classes.items() if pick is not None and pick == key]
+        if key == SOURCE_KEY:
+            marks.append("dbchar-pick-source")
+        cells = "".join(f"<td>{html.escape(str(value))}</td>" for value in row)
+        css = f' class="{" ".join(marks)}"' if marks else ""
+        body.append(f"<tr{css}>{cells}</tr>")
+    return (
+        '<table class="dbchar-pick-table"><caption>Ranking (best first; the source is the baseline)</caption>'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 def _loss(column: Mapping[str, Any]) -> Any:

@@ -33,7 +33,6 @@ from lib_dbchar.ui.jobs import JobBinding, Outcome, bind_job, bind_stop, status_
 from lib_dbchar.ui.messages import message_html
 from lib_dbchar.ui.pick_logic import (
     PROBE_HEADERS,
-    RANKING_HEADERS,
     SavedPick,
     as_dict,
     column_name,
@@ -43,7 +42,7 @@ from lib_dbchar.ui.pick_logic import (
     handoff_json,
     probe_rows,
     probes_from_rows,
-    ranking_rows,
+    ranking_html,
     read_saved,
     recommended_step,
 )
@@ -104,7 +103,7 @@ class SectionView:
         probes: the probe table's rows.
         gallery: a gallery update (items and column count).
         chart: the loss chart (PIL image) with the checkpoint steps marked.
-        ranking: the ranking table's rows.
+        ranking: the ranking table (HTML; empty before the first render).
         evidence: the evidence panel (Markdown).
     """
 
@@ -112,7 +111,7 @@ class SectionView:
     probes: list[list[str]]
     gallery: Any
     chart: Any
-    ranking: list[list[Any]]
+    ranking: str
     evidence: str
 
     def values(self) -> tuple[Any, ...]:
@@ -223,14 +222,8 @@ class PickSection:
                     interactive=False,
                     elem_id=elem_id(SECTION, "chart"),
                 )
-        self.ranking = gr.Dataframe(
-            headers=list(RANKING_HEADERS),
-            col_count=(len(RANKING_HEADERS), "fixed"),
-            interactive=False,
-            wrap=True,
-            label="Ranking (best first; the source is the baseline)",
-            elem_id=elem_id(SECTION, "ranking"),
-        )
+        # A plain HTML table: read-only, and its rows are rendered exactly as the handler made them.
+        self.ranking = gr.HTML("", elem_id=elem_id(SECTION, "ranking"))
         self.evidence = gr.Markdown("", elem_id=elem_id(SECTION, "evidence"))
         with gr.Row(elem_id=elem_id(SECTION, "send-row")):
             self.send_button = gr.Button(
@@ -394,7 +387,7 @@ class PickSection:
             probes=probe_rows(probes),
             gallery=gallery,
             chart=chart,
-            ranking=ranking_rows(ranking) if ranking else [],
+            ranking=ranking_html(ranking),
             evidence=evidence_markdown(ranking) if ranking else "",
         )
 

@@ -9,6 +9,7 @@ redone (it depends on the whole grid: drift compares with the source column).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,6 +129,31 @@ def run_dataset(run_dir: Path) -> RunDataset:
     return RunDataset(Path(spec.project_dir), dataset_dir, concept.instance_token, pictures, warnings)
 
 
+def recorded_tagger(project_dir: Path) -> Any:
+    """The tagger the project was tagged with (``<project>/tags.json``), as a ``TaggerConfig``.
+
+    Scoring with the model that made the captions keeps the trait tags in the same vocabulary and
+    needs no second model on the disk. ``None`` when the project has no record (or an unusable one:
+    a local model folder that is gone, a model name this version does not know); the default model
+    is used then.
+    """
+    from lib_dbchar.pick.probes import TAGGER_JSON
+    from lib_dbchar.tagger.runner import TaggerConfig
+
+    path = Path(project_dir) / TAGGER_JSON
+    try:
+        record = json.loads(path.read_text(encoding="utf-8")).get("tagger") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    model_dir = str(record.get("model_dir") or "").strip()
+    if model_dir and not Path(model_dir).is_dir():
+        return None
+    try:
+        return TaggerConfig(model=str(record.get("model") or TaggerConfig().model), model_dir=model_dir)
+    except ValueError:
+        return None
+
+
 def run_pick(
     run_dir: Path,
     *,
@@ -154,7 +180,8 @@ def run_pick(
         device: where the grid is drawn and the tagger runs.
         ctx: progress (the grid's cells, then scoring, on one bar) and stop.
         tagger: a :class:`~lib_dbchar.tagger.runner.TaggerConfig` (a local model folder, the model,
-            downloads); default the default model.
+            downloads); default: the one the project was tagged with (:func:`recorded_tagger`),
+            else the default model.
         tagger_cache: the tagger model cache folder.
         renderer: draw with this renderer instead of opening one (tests, the UI).
 
@@ -201,7 +228,8 @@ def run_pick(
     if tag_fn is not None:
         ranking = score_grid(grid, traits, dataset.pictures, tag_fn, score, scoring)
     else:
-        with tagger_tag_fn(tagger, device=device, cache_dir=tagger_cache) as own:
+        chosen = tagger if tagger is not None else recorded_tagger(dataset.project_dir)
+        with tagger_tag_fn(chosen, device=device, cache_dir=tagger_cache) as own:
             ranking = score_grid(grid, traits, dataset.pictures, own, score, scoring)
     ranking.warnings = warnings + ranking.warnings
     path = save_ranking(run_dir, ranking)

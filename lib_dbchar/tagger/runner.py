@@ -538,6 +538,8 @@ def _write_json(path: Path, result: TaggingResult, config: TaggerConfig) -> None
         "revision": result.revision,
         "provider": result.provider,
         "thresholds": asdict(config.thresholds()),
+        # Which model this was, as the settings name it: "Pick a checkpoint" scores with the same one.
+        "tagger": {"model": config.model, "model_dir": config.model_dir},
         "stopped": result.stopped,
         "images": [r.to_dict() for r in result.images if r.scores is not None],
         "problems": [asdict(p) for p in result.problems],

@@ -110,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from lib_dbchar.errors import DbcharError
+    from lib_dbchar.host.standalone import best_device
     from lib_dbchar.pick.run import run_pick
     from lib_dbchar.tagger.runner import TaggerConfig
 
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             run_dir,
             settings=settings,
             score=score,
-            device=_device(args.device),
+            device=args.device or best_device(),
             ctx=JobContext(progress=_progress),
             tagger=tagger,
             tagger_cache=args.tagger_cache,
@@ -137,11 +138,3 @@ def run(args: argparse.Namespace) -> int:
         for line in format_ranking(result):
             _say(line)
     return 0
-
-
-def _device(wanted: str | None) -> str:
-    if wanted:
-        return wanted
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"

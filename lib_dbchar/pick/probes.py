@@ -40,7 +40,7 @@ from lib_dbchar.concept import (
 from lib_dbchar.errors import DbcharError
 from lib_dbchar.paths import atomic_write
 from lib_dbchar.tagger.backups import MANIFEST, backup_root
-from lib_dbchar.tagger.captions import tag_key
+from lib_dbchar.tagger.captions import dedupe, tag_key
 from lib_dbchar.tagger.editor import TRAIT_SHARE, common_traits, load_dataset, tag_frequencies
 
 PROBE_KINDS = ("frontal", "side", "behind", "outfit", "background", "leak", "drift")
@@ -314,14 +314,8 @@ def _project_concept(project_dir: Path) -> Concept | None:
 
 
 def _unique(tags: Iterable[str]) -> list[str]:
-    seen: set[str] = set()
-    out = []
-    for tag in tags:
-        key = tag_key(tag)
-        if key and key not in seen:
-            seen.add(key)
-            out.append(tag.strip())
-    return out
+    """The tags trimmed, each once (the caption editor's :func:`dedupe`)."""
+    return dedupe(t.strip() for t in tags)
 
 
 def character_traits(

@@ -121,16 +121,10 @@ class Renderer:
 
 def _copy_into(module: Any, tensors: Mapping[str, Any], what: str, path: Path) -> None:
     """Copy converted tensors into a module's parameters, failing with the file's name."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    wrong = sorted(k for k in set(own) & set(tensors) if tuple(own[k].shape) != tuple(tensors[k].shape))
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong))
-            if keys
-        )
+    from lib_dbchar.train.model import shape_mismatch
+
+    detail = shape_mismatch({k: tuple(v.shape) for k, v in module.state_dict().items()}, tensors)
+    if detail:
         raise CheckpointError(
             f"{path.name}: its {what} does not fit the grid's model ({detail}). Is it a checkpoint of "
             "this run's source model?"
@@ -149,16 +143,13 @@ def _build_modules(configs: Mapping[str, Mapping[str, Any]], device: str) -> tup
     out of the state dict -- is filled here.
     """
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from lib_dbchar.train.model import build_component
 
     # fork_rng: whatever initialisation runs must not move the caller's random stream.
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(dict(configs["unet"]))
-        vae = AutoencoderKL.from_config(dict(configs["vae"]))
-        text_config = {k: v for k, v in configs["text_encoder"].items() if k != "architectures"}
-        text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
-    modules = tuple(m.to_empty(device=device).eval() for m in (unet, vae, text_encoder))
+        built = [build_component(name, configs[name]) for name in ("unet", "vae", "text_encoder")]
+    modules = tuple(m.to_empty(device=device).eval() for m in built)
     for module in modules:
         _fill_unsaved_buffers(module)
     return modules

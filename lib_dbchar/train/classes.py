@@ -146,6 +146,21 @@ def save_class_image(
     return path
 
 
+def missing_class_images(concept: ConceptData, seed: int) -> list[ClassImageJob]:
+    """The class images one concept still lacks: its class prompt per picture, its count in all.
+
+    Args:
+        concept: a concept with its pictures (from :func:`~lib_dbchar.train.data.load_concept_data`).
+        seed: the run's seed (each image's seed derives from it).
+
+    Returns:
+        :func:`plan_class_images` for the concept (empty when its folder is full).
+    """
+    prompts = [class_prompt(concept.concept, image.caption) for image in concept.images]
+    count = class_image_count(concept.concept, len(concept.images))
+    return plan_class_images(prompts, concept.class_dir, count=count, seed=seed)
+
+
 def generate_class_images(
     data: Sequence[ConceptData],
     sampler: Any,
@@ -172,13 +187,9 @@ def generate_class_images(
     from lib_dbchar.train.sampling import SampleRequest
 
     ctx = ctx or JobContext()
-    plans = []
-    for concept in data:
-        prompts = [class_prompt(concept.concept, image.caption) for image in concept.images]
-        count = class_image_count(concept.concept, len(concept.images))
-        plans.append(
-            (concept, count, plan_class_images(prompts, concept.class_dir, count=count, seed=config.seed))
-        )
+    plans = [
+        (c, class_image_count(c.concept, len(c.images)), missing_class_images(c, config.seed)) for c in data
+    ]
     total = sum(len(jobs) for _, _, jobs in plans)
     batch = config.class_batch_size or auto_batch_size(device)
     done = 0
@@ -315,17 +326,7 @@ def class_folder_status(concepts: Sequence[Concept], project_root: Path) -> list
 
 def _pending(data: Sequence[ConceptData], config: TrainConfig) -> int:
     """How many class images are still to draw over all concepts."""
-    return sum(
-        len(
-            plan_class_images(
-                [class_prompt(c.concept, i.caption) for i in c.images],
-                c.class_dir,
-                count=class_image_count(c.concept, len(c.images)),
-                seed=config.seed,
-            )
-        )
-        for c in data
-    )
+    return sum(len(missing_class_images(c, config.seed)) for c in data)
 
 
 def _source_sampler(spec: Any, config: TrainConfig) -> Any:

@@ -453,18 +453,9 @@ def _ensure_class_images(
     emit: EventFn,
 ) -> list[ConceptData]:
     """Draw missing class images with the (still untrained) source model, then rescan."""
-    from lib_dbchar.concept import class_image_count, class_prompt
-    from lib_dbchar.train.classes import generate_class_images, plan_class_images
+    from lib_dbchar.train.classes import generate_class_images, missing_class_images
 
-    missing = any(
-        plan_class_images(
-            [class_prompt(c.concept, i.caption) for i in c.images],
-            c.class_dir,
-            count=class_image_count(c.concept, len(c.images)),
-            seed=config.seed,
-        )
-        for c in data
-    )
+    missing = any(missing_class_images(c, config.seed) for c in data)
     if missing:
         sampler = _make_sampler(config, parts, parts.unet.device)
         results = generate_class_images(data, sampler, config, device=spec.device, ctx=ctx)

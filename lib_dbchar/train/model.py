@@ -200,26 +200,52 @@ def component_configs(kind: str, prediction_type: str, config_dir: Path | None =
     return configs
 
 
+def build_component(name: str, config: Mapping[str, Any]) -> Any:
+    """A ``unet``, ``vae`` or ``text_encoder`` module built from its config (randomly initialised).
+
+    Built on torch's current default device: under ``torch.device("meta")`` it has shapes only.
+    """
+    if name == "unet":
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel.from_config(dict(config))
+    if name == "vae":
+        from diffusers import AutoencoderKL
+
+        return AutoencoderKL.from_config(dict(config))
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(**{k: v for k, v in config.items() if k != "architectures"}))
+
+
 def _expected_shapes(name: str, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """Parameter shapes of a component built from ``config``, without allocating memory."""
     import torch
 
     with torch.device("meta"):
-        if name == "unet":
-            from diffusers import UNet2DConditionModel
-
-            module = UNet2DConditionModel.from_config(dict(config))
-        elif name == "vae":
-            from diffusers import AutoencoderKL
-
-            module = AutoencoderKL.from_config(dict(config))
-        else:
-            from transformers import CLIPTextConfig, CLIPTextModel
-
-            module = CLIPTextModel(
-                CLIPTextConfig(**{k: v for k, v in config.items() if k != "architectures"})
-            )
+        module = build_component(name, config)
     return {key: tuple(value.shape) for key, value in module.state_dict().items()}
+
+
+def shape_mismatch(expected: Mapping[str, tuple[int, ...]], tensors: Mapping[str, Any]) -> str:
+    """How ``tensors`` fail to fit a module's parameters, in a few words ("" when they fit).
+
+    Args:
+        expected: the module's parameter shapes by key.
+        tensors: the converted tensors by key.
+
+    Returns:
+        Up to three missing, unexpected and wrongly shaped keys per kind, e.g.
+        ``"missing: a, b; other shape: c"``.
+    """
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if tuple(tensors[k].shape) != tuple(expected[k]))
+    return "; ".join(
+        f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong))
+        if keys
+    )
 
 
 def check_component(
@@ -235,15 +261,8 @@ def check_component(
     expected = _expected_shapes(name, config)
     if name == "text_encoder":
         tensors = match_text_encoder_keys(tensors, expected.keys())
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(tensors) if tuple(tensors[k].shape) != expected[k])
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong))
-            if keys
-        )
+    detail = shape_mismatch(expected, tensors)
+    if detail:
         raise CheckpointError(
             f"{source.name}: its {name} does not match the standard configuration ({detail}). It is not a "
             "standard SD 1.x/2.x model; give a diffusers folder with matching configs (model config folder)."

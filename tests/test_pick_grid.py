@@ -30,6 +30,9 @@ from lib_dbchar.pick.probes import Probe
 from lib_dbchar.train.config import TrainConfig
 from lib_dbchar.train.run import CheckpointRecord, RunSpec, save_run_spec, write_checkpoint_records
 from lib_dbchar.train.sampling import SampleRequest
+from tests.kit.models import torch_threads
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CONCEPT = Concept(instance_token="sks", num_class_images=2)
 PROBES = [
@@ -38,17 +41,6 @@ PROBES = [
 ]
 ROWS = 4  # 2 probes x 2 seeds
 SETTINGS = PickSettings(steps=2, size=64)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from threads, and on a loaded machine OpenMP waits dominate.
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- a planted run and a renderer double ------------------------------------------------------
@@ -278,8 +270,6 @@ def test_contact_sheet_is_rows_by_columns_with_cells_in_place(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tiny_sd1, tmp_path_factory):
     """A real training run of the tiny SD1 model with two checkpoints (steps 2 and 4)."""
-    import torch
-
     from lib_dbchar.train.loop import train
 
     root = tmp_path_factory.mktemp("pick-run")
@@ -303,12 +293,8 @@ def tiny_run(tiny_sd1, tmp_path_factory):
         use_8bit_adam=False,
     )
     spec = RunSpec(root, "run1", config, (CONCEPT,), root / "models", model_config_dir=tiny_sd1.diffusers_dir)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # module-scoped: the autouse fixture has not run yet
-    try:
+    with torch_threads(1):  # module-scoped: runs before any test's own fixtures
         result = train(spec)
-    finally:
-        torch.set_num_threads(threads)
     assert len(result.checkpoints) == 2
     return spec.run_dir
 

@@ -24,20 +24,13 @@ from lib_dbchar.tagger.runner import TaggerConfig
 from lib_dbchar.train.config import TrainConfig
 from lib_dbchar.train.run import CheckpointRecord, RunSpec, save_run_spec, write_checkpoint_records
 from tests.kit.images import textured
+from tests.kit.models import torch_threads
 from tests.kit.tagger import TAGGER_V3_DIR
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CONCEPT = Concept(instance_token="sks", num_class_images=2)
 SETTINGS = PickSettings(steps=2, size=64)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- a planted run --------------------------------------------------------------------------------
@@ -176,8 +169,6 @@ def test_pick_cli_rejects_bad_settings_by_field(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny_run(tiny_sd1, tmp_path_factory):
     """A real run of the tiny SD1 model: 2 pictures, checkpoints at steps 2 and 4."""
-    import torch
-
     from lib_dbchar.train.loop import train
 
     root = tmp_path_factory.mktemp("pick-run")
@@ -202,12 +193,8 @@ def tiny_run(tiny_sd1, tmp_path_factory):
         use_8bit_adam=False,
     )
     spec = RunSpec(root, "run1", config, (CONCEPT,), root / "models", model_config_dir=tiny_sd1.diffusers_dir)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):  # module-scoped: runs before any test's own fixtures
         result = train(spec)
-    finally:
-        torch.set_num_threads(threads)
     assert len(result.checkpoints) == 2
     return spec.run_dir
 

@@ -179,9 +179,9 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
 def test_two_processes_train_what_one_does_and_resume_exactly(tiny_sd1, tmp_path, capsys):
     one, two = _project(tmp_path / "one"), _project(tmp_path / "two")
-    torch.set_num_threads(1)
     assert main(_cli_args(one, tiny_sd1)) == 0
     capsys.readouterr()
     launched = _launch(_cli_args(two, tiny_sd1))

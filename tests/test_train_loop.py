@@ -26,18 +26,9 @@ from lib_dbchar.train.run import RunSpec, TrainingStopped, read_loss_log
 from lib_dbchar.train.state import load_state
 from lib_dbchar.train.tbevents import read_scalars
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 CONCEPT = Concept(instance_token="sks", num_class_images=4)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from threads, and on a loaded machine OpenMP waits dominate.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_project(root: Path, pictures: int = 2) -> Path:

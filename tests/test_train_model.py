@@ -34,14 +34,7 @@ from lib_dbchar.train.tokenizer import (
     write_tokenizer,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models gain nothing from threads, and on a loaded machine OpenMP waits dominate.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(params=["sd1", "sd2"])

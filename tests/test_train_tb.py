@@ -7,7 +7,7 @@ import pytest
 from lib_dbchar.train.loop import train
 from lib_dbchar.train.run import TrainEvent, read_loss_log
 from lib_dbchar.train.tbevents import EventWriter, read_scalars, records, trim_events
-from tests.test_train_loop import _one_thread, make_project, spec_for, tiny_config  # noqa: F401
+from tests.test_train_loop import make_project, spec_for, tiny_config
 
 
 def _session(folder, steps, *, name_time):
@@ -52,6 +52,7 @@ class _Crash(RuntimeError):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread")
 def test_resume_after_a_crash_logs_each_step_once(tiny_sd1, tmp_path):
     project = make_project(tmp_path / "project")
     config = tiny_config(tiny_sd1, preview_every_epochs=0, prior_preservation=False, save_on_stop=False)

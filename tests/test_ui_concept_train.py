@@ -223,19 +223,8 @@ TINY = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny models gain nothing from threads, and on a loaded machine OpenMP waits dominate.
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")
+@pytest.mark.usefixtures("one_torch_thread")
 def test_start_writes_run_checkpoint_into_the_host_folder(host, project, tiny_sd1):
     shutil.copy(tiny_sd1.single_file, host.checkpoint_dir() / "tiny-sd1.safetensors")
     save_concepts(project.concept_file, [Concept(instance_token="sks", num_class_images=2)])

@@ -33,11 +33,6 @@ def project(host):
 
 
 @pytest.fixture
-def one_thread():
-    yield from base.one_thread.__wrapped__()
-
-
-@pytest.fixture
 def tab(host, project, tiny_sd1):
     shutil.copy(tiny_sd1.single_file, host.checkpoint_dir() / "tiny-sd1.safetensors")
     save_concepts(project.concept_file, [Concept(instance_token="sks", num_class_images=4)])
@@ -80,7 +75,7 @@ def test_concept_labels_round_trip(project):
 
 # -- the job ----------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")
+@pytest.mark.usefixtures("one_torch_thread")
 def test_generate_reject_and_top_up(host, project, tab, tiny_sd1):
     released = []
     tab.ctx.release_hooks.append(lambda: released.append("tagger"))
@@ -126,7 +121,7 @@ def test_generate_reject_and_top_up(host, project, tab, tiny_sd1):
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("one_thread")
+@pytest.mark.usefixtures("one_torch_thread")
 def test_stopped_generation_continues_with_the_same_images(host, project, tab, tiny_sd1):
     def stop_after_two(progress, desc=None):
         if desc and desc.startswith("Class image 2/"):
